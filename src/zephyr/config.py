@@ -8,6 +8,7 @@ suggests the closest valid key, so a typo never passes silently.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import difflib
 import logging
 import types
@@ -156,9 +157,17 @@ def _scalar_type(tp) -> type | None:
     return tp if tp in (bool, int, float, str) else None
 
 
+def _admits_str(tp) -> bool:
+    if tp is str:
+        return True
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)
+
+
 def _coerce(key: str, value: Any, tp) -> Any:
     """YAML reads `1e-5` as a string (YAML 1.1); turn such strings into the field's number type."""
     scalar = _scalar_type(tp)
+    if isinstance(value, bool) and scalar is not bool and _admits_str(tp):
+        return "yes" if value else "no"  # YAML 1.1 reads `save_strategy: no` as False
     if value is None or scalar is None or not isinstance(value, str):
         return value
     try:
@@ -254,6 +263,8 @@ def to_dict(*configs) -> dict[str, Any]:
     for cfg in configs:
         for f in dataclasses.fields(cfg):
             value = getattr(cfg, f.name)
+            if isinstance(value, enum.Enum):
+                value = value.value
             if isinstance(value, (str, int, float, bool, type(None), list, dict)):
                 merged[f.name] = value
             else:
@@ -275,3 +286,34 @@ def help_text(classes: Sequence[type]) -> str:
             doc = f.metadata.get("help", "")
             lines.append(f"  --{f.name}  (default: {default})\n      {doc}" if doc else f"  --{f.name}  (default: {default})")
     return "\n".join(lines)
+
+
+def _training_arguments():
+    from transformers import TrainingArguments
+
+    return TrainingArguments
+
+
+@dataclass
+class SFTConfig(_training_arguments()):
+    """transformers.TrainingArguments plus the distilled-SFT settings."""
+
+    max_length: int = _help("Longest conversation in tokens; longer ones are cut from the right.", default=2048)
+    packing: bool = _help(
+        "Pack several conversations into rows of up to `max_length` tokens (best-fit decreasing) before "
+        "batching. Attention never crosses conversations either way.",
+        default=False,
+    )
+    padding_free: bool = _help(
+        "Flatten each batch into one row without padding (position ids restart per conversation). "
+        "Off: pad every conversation to the longest in the batch, as TRL does.",
+        default=True,
+    )
+    dataset_kwargs: dict[str, Any] | None = _help("Accepted for handbook compatibility; unused.", default=None)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_length <= 1:
+            raise ConfigError(f"`max_length` must be at least 2 tokens; got {self.max_length}")
+        # Our collators need the token columns that Trainer would otherwise drop as "unused".
+        self.remove_unused_columns = False

@@ -1,0 +1,109 @@
+"""The training loop: transformers.Trainer, with our loss, our batch layouts and extra metrics.
+
+Trainer keeps checkpointing, schedulers, mixed precision, distributed launch and logging; we
+override only how a batch becomes a loss (``batch_loss``), how eval computes it, and how extra
+metrics are averaged into the logs. SFT and DPO share this class and differ in ``batch_loss``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from zephyr.train.losses import sft_loss_sum
+
+log = logging.getLogger(__name__)
+
+
+class ZephyrTrainer(Trainer):
+    """Base trainer. Subclasses implement ``batch_loss(model, batch) -> (summed loss, item count, metrics)``."""
+
+    # We normalise by the number of loss items over the whole accumulated step ourselves.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def batch_loss(self, model, batch: dict) -> tuple[torch.Tensor, int, dict[str, float]]:
+        raise NotImplementedError
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        total, count, metrics = self.batch_loss(model, inputs)
+        mode = "train" if model.training else "eval"
+        for name, value in metrics.items():
+            self._metrics[mode][name].append(value)
+        if num_items_in_batch is not None and model.training:
+            loss = total / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                # num_items_in_batch counts every process's items; DDP then averages gradients over processes.
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = total / max(count, 1)
+            if model.training:
+                loss = loss / self.current_gradient_accumulation_steps
+        return (loss, {}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            total, count, metrics = self.batch_loss(model, inputs)
+        for name, value in metrics.items():
+            self._metrics["eval"][name].append(value)
+        return (total / max(count, 1)).detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Average the metrics gathered since the last log into it (eval ones with the eval_ prefix)."""
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self._metrics[mode].items():
+            if values:
+                mean = torch.tensor(values, device=self.args.device).mean()
+                logs[prefix + name] = self.accelerator.gather_for_metrics(mean.reshape(1)).mean().item()
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+
+class SFTTrainer(ZephyrTrainer):
+    """Distilled SFT: next-token loss on the trained (assistant) tokens only."""
+
+    def batch_loss(self, model, batch):
+        total, count = sft_loss_sum(model, batch)
+        return total, count, {"num_tokens_trained": float(count)}
+
+
+def write_model_card(output_dir: str | Path, title: str, recipe: dict, metrics: dict, base_model: str) -> Path:
+    """A README.md with the base model, the full effective recipe and the final metrics."""
+    import yaml
+
+    path = Path(output_dir) / "README.md"
+    shown = {k: v for k, v in recipe.items() if v not in (None, [], {})}
+    lines = [
+        "---",
+        yaml.safe_dump({"base_model": base_model, "library_name": "transformers", "tags": ["zephyr", title]}).strip(),
+        "---",
+        f"# {Path(output_dir).name}",
+        "",
+        f"Trained with `zephyr {title}` from `{base_model}`. Loads with `AutoModelForCausalLM.from_pretrained` and",
+        "`AutoTokenizer.from_pretrained`; the chat template is in the tokenizer.",
+        "",
+        "## Final metrics",
+        "",
+        "```json",
+        json.dumps(metrics, indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+        "## Recipe",
+        "",
+        "```yaml",
+        yaml.safe_dump(shown, sort_keys=True, default_flow_style=False).strip(),
+        "```",
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
