@@ -8,8 +8,8 @@ suggests the closest valid key, so a typo never passes silently.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import difflib
+import enum
 import logging
 import types
 import typing
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 KEY_ALIASES = {
     "evaluation_strategy": "eval_strategy",
     "max_seq_length": "max_length",
+    "warmup_ratio": "warmup_steps",  # transformers 5: warmup_steps < 1 is a ratio of the total steps
     "preprocessing_num_workers": "dataset_num_proc",
     "model_name": "model_name_or_path",
     "ref_model": "ref_model_name_or_path",
@@ -245,7 +246,10 @@ def parse_config(classes: Sequence[type], recipe: str | Path | None = None, over
             hint = f"; did you mean `{close[0]}`?" if close else ""
             raise ConfigError(f"Unknown key `{key}`{where}{hint}")
         cls, tp = owners[name]
-        values[cls][name] = _coerce(key, value, tp)
+        value = _coerce(key, value, tp)
+        if key == "warmup_ratio" and not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise ConfigError(f"`warmup_ratio` must be in [0, 1){where}; got {value!r}")
+        values[cls][name] = value
     out = []
     for cls in classes:
         try:

@@ -70,8 +70,9 @@ def resolve_model(spec: str | os.PathLike) -> str:
             raise ModelError(f"GGUF file not found: {path}")
         return str(convert_gguf(path))
     if path.is_dir():
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-            raise ModelError(f"{path} is a directory but holds no config.json or adapter_config.json checkpoint")
+        markers = ("config.json", "adapter_config.json", "tokenizer_config.json")
+        if not any((path / m).is_file() for m in markers):
+            raise ModelError(f"{path} is a directory but holds no checkpoint (none of {', '.join(markers)})")
         return str(path)
     if path.exists() or spec.startswith((".", "/", "~")):
         raise ModelError(f"Model path {spec!r} is neither a checkpoint directory nor a .gguf file")

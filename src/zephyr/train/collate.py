@@ -25,7 +25,7 @@ def shifted_targets(input_ids: Sequence[int], trained: Sequence[int]) -> list[in
     >>> shifted_targets([5, 6, 7, 8], [0, 1, 1, 0])
     [6, 7, -100, -100]
     """
-    out = [tok if m else IGNORE for tok, m in zip(input_ids[1:], trained[1:])]
+    out = [tok if m else IGNORE for tok, m in zip(input_ids[1:], trained[1:], strict=True)]
     return out + [IGNORE]
 
 

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from zephyr.config import DataArguments, ModelArguments, SFTConfig, help_text, parse_config, read_recipe, to_dict
+from zephyr.config import (
+    DataArguments,
+    ModelArguments,
+    SFTConfig,
+    help_text,
+    parse_config,
+    read_recipe,
+    to_dict,
+)
 
 HELP = "Distilled SFT: fine-tune a model on conversations (assistant tokens only), packed and padding-free."
 DESCRIPTION = (
