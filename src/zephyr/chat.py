@@ -188,16 +188,19 @@ def tokenize_conversation(tokenizer, messages: Sequence[dict], train_on: str = "
     return TokenizedConversation(bos + list(ids), [0] * len(bos) + mask)
 
 
-def validate_messages(messages, *, source=None, line=None, row=None, field="messages", need_assistant=True):
+def validate_messages(
+    messages, *, source=None, line=None, row=None, field="messages", need_assistant=True, first="user"
+):
     """Check a message list's shape: dicts with a known role and non-empty string content, a system turn
-    only first, user and assistant alternating from the first user turn. Raises DataError naming the field."""
+    only first, user and assistant alternating from the first turn, which must have role ``first``
+    (``"assistant"`` checks a completion that continues a prompt). Raises DataError naming the field."""
 
     def fail(reason, sub=""):
         raise DataError(reason, source=source, line=line, row=row, field=f"{field}{sub}")
 
     if not isinstance(messages, list) or not messages:
         fail(f"must be a non-empty list of messages, got {type(messages).__name__}")
-    expected = "user"
+    expected = first
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             fail(f"must be an object with `role` and `content`, got {type(m).__name__}", f"[{i}]")

@@ -20,6 +20,9 @@ from zephyr.errors import ZephyrError
 # Subcommand -> module implementing it. Order is the order shown in `zephyr --help`.
 COMMANDS = {
     "sft": "zephyr.train.sft_cli",
+    "chat": "zephyr.serve.chat_cli",
+    "serve": "zephyr.serve_cli",
+    "export": "zephyr.export",
 }
 
 RECIPE_COMMANDS_ACCEPT_OVERRIDES = {"sft", "dpo", "generate", "feedback", "binarize", "clean", "run"}
@@ -55,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if str(getattr(args, "recipe", None) or "").startswith("--"):
+        # argparse takes `--key=a value` (with a space) for a positional; it is an override.
+        extra.insert(0, args.recipe)
+        args.recipe = None
     if extra and args.command not in RECIPE_COMMANDS_ACCEPT_OVERRIDES:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging(args.verbose)

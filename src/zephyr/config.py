@@ -167,10 +167,21 @@ def _admits_str(tp) -> bool:
 def _coerce(key: str, value: Any, tp) -> Any:
     """YAML reads `1e-5` as a string (YAML 1.1); turn such strings into the field's number type."""
     scalar = _scalar_type(tp)
-    if isinstance(value, bool) and scalar is not bool and _admits_str(tp):
+    if isinstance(value, bool) and scalar is not bool and _admits_str(tp) and bool not in typing.get_args(tp):
         return "yes" if value else "no"  # YAML 1.1 reads `save_strategy: no` as False
-    if value is None or scalar is None or not isinstance(value, str):
+    if value is None or scalar is None:
         return value
+    if not isinstance(value, str):
+        # A bool/int/float field must get that type (an int field accepts a whole float such as 1.0e3).
+        ok = {
+            bool: isinstance(value, bool),
+            int: (isinstance(value, int) and not isinstance(value, bool))
+            or (isinstance(value, float) and value.is_integer()),
+            float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        }.get(scalar, True)
+        if not ok:
+            raise ConfigError(f"`{key}` must be a {scalar.__name__}; got {value!r}")
+        return int(value) if scalar is int else value
     try:
         if scalar is bool:
             low = value.lower()
@@ -320,4 +331,59 @@ class SFTConfig(_training_arguments()):
         if self.max_length <= 1:
             raise ConfigError(f"`max_length` must be at least 2 tokens; got {self.max_length}")
         # Our collators need the token columns that Trainer would otherwise drop as "unused".
+        self.remove_unused_columns = False
+
+
+DPO_LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
+
+
+@dataclass
+class DPOConfig(_training_arguments()):
+    """transformers.TrainingArguments plus the direct-preference-optimisation settings."""
+
+    beta: float = _help("DPO temperature: how far the policy may move from the reference (0.1 paper, 0.01 handbook).", default=0.1)
+    loss_type: str = _help("One of sigmoid (DPO), robust, ipo, hinge.", default="sigmoid")
+    label_smoothing: float = _help(
+        "Assumed label noise eps in [0, 0.5): conservative DPO for `sigmoid`, robust DPO for `robust`.", default=0.0
+    )
+    max_length: int = _help("Longest prompt + completion in tokens; completions are cut from the right.", default=1024)
+    max_prompt_length: int | None = _help(
+        "Longest prompt in tokens; longer prompts are cut from the left (their start). None: no limit, and a "
+        "prompt that leaves no room for a completion is a bad row.",
+        default=512,
+    )
+    ref_model_name_or_path: str | None = _help(
+        "The reference model spec. Default: the starting policy (a separate frozen copy; with LoRA, the policy "
+        "with its adapters disabled, no second copy).",
+        default=None,
+    )
+    precompute_ref_log_probs: bool = _help(
+        "Compute the reference log-probs once before training and cache them on disk (keyed by reference "
+        "weights, data and tokenization); the reference model is then not in memory while training.",
+        default=False,
+    )
+    ref_cache_dir: str | None = _help("Where precomputed reference log-probs are cached. Default: $ZEPHYR_CACHE/ref_logps.", default=None)
+    padding_free: bool = _help("Pack each batch into one row with no padding. Off: pad pairs as TRL does.", default=True)
+    prefix_sharing: bool = _help(
+        "Run each prompt once for its chosen and rejected completions (needs padding_free).", default=True
+    )
+    generate_during_eval: bool = _help("Accepted for handbook compatibility; unused.", default=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss_type not in DPO_LOSS_TYPES:
+            close = difflib.get_close_matches(self.loss_type, DPO_LOSS_TYPES, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            raise ConfigError(f"`loss_type` must be one of {', '.join(DPO_LOSS_TYPES)}; got {self.loss_type!r}{hint}")
+        if self.beta <= 0:
+            raise ConfigError(f"`beta` must be positive; got {self.beta}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"`label_smoothing` must be in [0, 0.5); got {self.label_smoothing}")
+        if self.max_prompt_length is not None and not 0 < self.max_prompt_length < self.max_length:
+            raise ConfigError(
+                f"`max_prompt_length` ({self.max_prompt_length}) must be positive and below `max_length` "
+                f"({self.max_length}) to leave room for the completion"
+            )
+        if self.prefix_sharing and not self.padding_free:
+            self.prefix_sharing = False  # sharing a prompt needs the packed row layout
         self.remove_unused_columns = False
