@@ -20,6 +20,7 @@ from zephyr.errors import ZephyrError
 # Subcommand -> module implementing it. Order is the order shown in `zephyr --help`.
 COMMANDS = {
     "sft": "zephyr.train.sft_cli",
+    "dpo": "zephyr.train.dpo_cli",
     "chat": "zephyr.serve.chat_cli",
     "serve": "zephyr.serve_cli",
     "export": "zephyr.export",

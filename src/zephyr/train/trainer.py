@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
-from zephyr.train.losses import sft_loss_sum
+from zephyr.train.losses import dpo_loss, sequence_logps, sft_loss_sum
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +107,32 @@ def write_model_card(output_dir: str | Path, title: str, recipe: dict, metrics: 
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+class DPOTrainer(ZephyrTrainer):
+    """Direct preference optimisation on pair batches (see PairCollator).
+
+    The reference log-probs come from the batch when precomputed, else from ``ref_model`` or, with
+    LoRA and no ``ref_model``, from the policy with its adapters disabled.
+    """
+
+    def __init__(self, *args, ref_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ref_model = ref_model
+        if ref_model is not None:
+            ref_model.eval().requires_grad_(False)
+            self.ref_model = ref_model.to(self.args.device)
+
+    def reference_logps(self, model, batch) -> torch.Tensor:
+        if "ref_logps" in batch:
+            return batch["ref_logps"]
+        from zephyr.train.reference import reference_mode
+
+        with torch.no_grad(), reference_mode(model, self.ref_model) as ref:
+            return sequence_logps(ref, batch)["logps"]
+
+    def batch_loss(self, model, batch):
+        policy = sequence_logps(model, batch)
+        ref = self.reference_logps(model, batch)
+        losses, metrics = dpo_loss(self.args.loss_type, policy, ref, self.args.beta, self.args.label_smoothing)
+        return losses.sum(), losses.numel(), metrics

@@ -1,0 +1,102 @@
+"""Direct preference optimisation from the dSFT model (dDPO): `zephyr dpo` and the ``dpo`` function."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+
+from zephyr.config import DataArguments, DPOConfig, ModelArguments, to_dict
+from zephyr.errors import ConfigError
+from zephyr.models import fit_embeddings_to_tokenizer, load_model, load_tokenizer
+from zephyr.train.attention import use_packed_attention
+from zephyr.train.collate import PairCollator
+from zephyr.train.dpo_data import tokenize_preferences
+from zephyr.train.reference import precompute_reference_logps, reference_mode
+from zephyr.train.setup import log_batch_geometry, maybe_add_lora, save_trained
+from zephyr.train.sft import TrainResult
+from zephyr.train.trainer import DPOTrainer
+
+log = logging.getLogger(__name__)
+
+
+def pair_collator(args: DPOConfig, pad_token_id: int) -> PairCollator:
+    layout = "shared" if args.prefix_sharing else ("packed" if args.padding_free else "padded")
+    return PairCollator(layout, pad_token_id)
+
+
+def prepare_dpo_data(tokenizer, data_args: DataArguments, args: DPOConfig) -> dict:
+    from zephyr.data import load_datasets
+
+    splits = load_datasets(data_args, kind="preference")
+    out = {}
+    for name in ("train", "test"):
+        if name in splits and len(splits[name]):
+            with args.main_process_first(desc=f"tokenizing {name}"):
+                out[name], _, _ = tokenize_preferences(
+                    splits[name], tokenizer, args.max_length, args.max_prompt_length, data_args.on_error,
+                    data_args.auto_insert_empty_system_msg, split=name,
+                )  # fmt: skip
+    if "train" not in out:
+        raise ConfigError("The preference data has no training rows; check the dataset settings and splits")
+    return out
+
+
+def load_policy(model_args: ModelArguments, tokenizer):
+    """The starting policy. An SFT LoRA adapter is merged into its base first, so the DPO adapters (or full
+    weights) train on top of the SFT model and disabling them gives back exactly the SFT model."""
+    model = load_model(model_args.model_name_or_path, model_args.load_settings(), for_training=True)
+    if hasattr(model, "merge_and_unload"):
+        log.info("Merging the SFT adapter of %s into its base model before DPO", model_args.model_name_or_path)
+        model = model.merge_and_unload()
+        model.config.use_cache = False
+    fit_embeddings_to_tokenizer(model, tokenizer)
+    return model
+
+
+def load_reference(model_args: ModelArguments, args: DPOConfig, tokenizer):
+    """A separate frozen reference, or None when the policy's disabled adapters will serve."""
+    if model_args.use_peft and args.ref_model_name_or_path is None:
+        return None
+    spec = args.ref_model_name_or_path or model_args.model_name_or_path
+    ref = load_model(spec, model_args.load_settings())
+    if hasattr(ref, "merge_and_unload"):
+        ref = ref.merge_and_unload()
+    fit_embeddings_to_tokenizer(ref, tokenizer)
+    return ref.eval().requires_grad_(False)
+
+
+def dpo(model_args: ModelArguments, data_args: DataArguments, args: DPOConfig, recipe: dict | None = None) -> TrainResult:
+    """Align a model on preference pairs with DPO; save a ready-to-load checkpoint with a model card."""
+    from accelerate import PartialState
+    from transformers import set_seed
+
+    set_seed(args.seed)
+    tokenizer = load_tokenizer(
+        model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+        data_args.chat_template, model_args.model_revision, model_args.trust_remote_code,
+    )  # fmt: skip
+    data = prepare_dpo_data(tokenizer, data_args, args)
+    model = maybe_add_lora(load_policy(model_args, tokenizer), model_args, args)
+    ref_model = load_reference(model_args, args, tokenizer)
+    collator = pair_collator(args, tokenizer.pad_token_id)
+    if args.precompute_ref_log_probs:
+        state = PartialState()
+        with reference_mode(model, ref_model) as ref_source:
+            ref_source.to(state.device)
+            for name in list(data):
+                data[name] = precompute_reference_logps(
+                    data[name], ref_source, collator, args.per_device_eval_batch_size, state, name,
+                    args.ref_cache_dir, uses_packed_attention=args.padding_free,
+                )  # fmt: skip
+        ref_model = None  # not needed in memory any more
+        gc.collect()
+    elif ref_model is not None and args.padding_free:
+        use_packed_attention(ref_model)
+    log_batch_geometry(args, data["train"].rename_column("prompt_ids", "input_ids"), unit="pairs")
+    trainer = DPOTrainer(
+        model=model, ref_model=ref_model, args=args, train_dataset=data["train"], eval_dataset=data.get("test"),
+        data_collator=collator, processing_class=tokenizer,
+    )  # fmt: skip
+    metrics = save_trained(trainer, tokenizer, args, "dpo", model_args, recipe or to_dict(model_args, data_args, args))
+    return TrainResult(str(Path(args.output_dir)), metrics)

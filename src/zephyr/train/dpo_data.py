@@ -1,0 +1,110 @@
+"""Preference pairs as tokens: prompt, chosen and rejected completions, cut to the handbook's limits."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from zephyr.chat import encode_prompt, tokenize_conversation, with_empty_system
+from zephyr.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class TokenizedPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    truncated: bool = False
+
+
+def _completion(tokenizer, prompt: list[dict], completion: list[dict]) -> list[int]:
+    """All tokens of prompt + completion, up to the end of the last trained (assistant) token.
+
+    The template glue after the final end-of-turn token (Zephyr's trailing newline) is not part of
+    what the model should learn to produce, so it is left out, like the SFT mask leaves it out.
+    """
+    tok = tokenize_conversation(tokenizer, prompt + completion)
+    last = max((i for i, m in enumerate(tok.assistant_mask) if m), default=-1)
+    return tok.input_ids[: last + 1]
+
+
+def tokenize_pair(tokenizer, row: dict, max_length: int, max_prompt_length: int | None,
+                  empty_system: bool = False, row_index: int | None = None) -> TokenizedPair:
+    """Tokenize one normalised preference row (see zephyr.data.schemas).
+
+    The prompt/completion boundary is found on tokens: it is where the tokenized prompt (with the
+    generation prompt) stops agreeing with the tokenized prompt + completion, so a BPE merge across
+    the boundary shortens the prompt instead of shifting the completion. Limits follow the handbook:
+    a prompt over ``max_prompt_length`` loses its start (BOS is kept), then completions are cut from
+    the right so that prompt + completion fits ``max_length``.
+    """
+    prompt = with_empty_system(row["prompt"]) if empty_system else list(row["prompt"])
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    chosen_full = _completion(tokenizer, prompt, list(row["chosen"]))
+    rejected_full = _completion(tokenizer, prompt, list(row["rejected"]))
+    p = min(common_prefix_length(prompt_ids, chosen_full), common_prefix_length(prompt_ids, rejected_full))
+    prompt_ids, chosen, rejected = prompt_ids[:p], chosen_full[p:], rejected_full[p:]
+    for name, ids in (("chosen", chosen), ("rejected", rejected)):
+        if not ids:
+            raise DataError("the completion is empty after tokenization", row=row_index, field=name)
+    if chosen == rejected:
+        raise DataError("chosen and rejected completions are identical", row=row_index, field="rejected")
+    truncated = False
+    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+        keep_bos = prompt_ids[:1] if prompt_ids[0] == tokenizer.bos_token_id else []
+        prompt_ids = keep_bos + prompt_ids[len(prompt_ids) - (max_prompt_length - len(keep_bos)) :]
+        truncated = True
+    room = max_length - len(prompt_ids)
+    if room <= 0:
+        raise DataError(
+            f"the prompt has {len(prompt_ids)} tokens, which leaves no room for a completion within "
+            f"max_length={max_length}; set `max_prompt_length` to cut prompts, or raise `max_length`",
+            row=row_index, field="prompt",
+        )  # fmt: skip
+    if len(chosen) > room or len(rejected) > room:
+        chosen, rejected, truncated = chosen[:room], rejected[:room], True
+        if chosen == rejected:
+            raise DataError(
+                f"chosen and rejected are identical within the first {room} completion tokens (max_length cut)",
+                row=row_index, field="rejected",
+            )  # fmt: skip
+    return TokenizedPair(prompt_ids, chosen, rejected, truncated)
+
+
+def tokenize_preferences(dataset, tokenizer, max_length: int, max_prompt_length: int | None,
+                         on_error: str = "raise", empty_system: bool = False, split: str = "train"):
+    """Tokenize a dataset of normalised preference rows; bad rows raise, or are skipped and counted."""
+    from datasets import Dataset
+
+    rows, skipped, truncated = [], [], 0
+    for i, row in enumerate(dataset):
+        try:
+            pair = tokenize_pair(tokenizer, row, max_length, max_prompt_length, empty_system, row_index=i)
+        except DataError as err:
+            err = DataError(err.reason, source=f"{split} split (prompt_id {row.get('prompt_id')})",
+                            row=i, field=err.field)  # fmt: skip
+            if on_error == "raise":
+                raise err from None
+            skipped.append(str(err))
+            continue
+        truncated += pair.truncated
+        rows.append({"prompt_ids": pair.prompt_ids, "chosen_ids": pair.chosen_ids,
+                     "rejected_ids": pair.rejected_ids, "row": i})  # fmt: skip
+    if truncated:
+        log.warning("%s: %d of %d pairs were cut to max_prompt_length / max_length", split, truncated, len(dataset))
+    if skipped:
+        log.warning("%s: skipped %d bad pair(s); the first: %s", split, len(skipped), skipped[0])
+    if not rows:
+        raise DataError(f"no usable preference pairs left in the {split} split", source=split)
+    return Dataset.from_list(rows), len(skipped), truncated

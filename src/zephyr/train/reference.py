@@ -1,0 +1,110 @@
+"""The DPO reference: a frozen model, the policy with its adapters off, or log-probs computed once.
+
+Precomputed log-probs are cached on disk under a key made of the reference weights (hashed from
+the tensors actually loaded, so a merged adapter or a different dtype changes it), the token ids of
+the data (so any change to the data, template or truncation changes it) and the batch layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from zephyr.models import cache_dir
+from zephyr.train.attention import restore_attention, use_packed_attention
+from zephyr.train.losses import sequence_logps
+
+log = logging.getLogger(__name__)
+
+
+def weights_fingerprint(model) -> str:
+    """A hash of every parameter and buffer of a model, as loaded (dtype included)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def data_fingerprint(dataset) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
+        for ids in dataset[column]:
+            h.update(repr(ids).encode())
+            h.update(b";")
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def reference_mode(model, ref_model):
+    """Yield the module that computes reference log-probs: ``ref_model``, or the policy without adapters."""
+    if ref_model is not None:
+        yield ref_model
+        return
+    unwrapped = model.module if hasattr(model, "module") else model
+    if not hasattr(unwrapped, "disable_adapter"):
+        raise RuntimeError("no reference model and the policy has no adapters to disable")
+    with unwrapped.disable_adapter():
+        yield model
+
+
+def _score(model, dataset, collator, batch_size: int, indices: list[int], device, desc: str) -> torch.Tensor:
+    """Reference log-probs (len(indices), 2) for the given rows, in eval mode and without gradients."""
+    out = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in tqdm(range(0, len(indices), batch_size), desc=desc, unit="batch"):
+            rows = [dataset[i] for i in indices[start : start + batch_size]]
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator(rows).items()}
+            out.append(sequence_logps(model, batch)["logps"].view(-1, 2).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+def precompute_reference_logps(dataset, ref_source, collator, batch_size: int, accelerator, split: str,
+                               cache: str | None = None, uses_packed_attention: bool = True):
+    """Add ``ref_chosen_logps``/``ref_rejected_logps`` columns, from the disk cache or computed now.
+
+    ``ref_source`` is the module to score with (a reference model, or the policy inside
+    ``reference_mode``). The rows are split across processes; each computes its share and all
+    processes receive the whole result. Process 0 writes the cache atomically.
+    """
+    key = hashlib.blake2b(
+        f"{weights_fingerprint(ref_source)}|{data_fingerprint(dataset)}|{type(collator).__name__}".encode(),
+        digest_size=16,
+    ).hexdigest()
+    path = Path(cache or cache_dir() / "ref_logps") / f"{key}.pt"
+    if path.is_file():
+        values = torch.load(path)
+        log.info("%s: reference log-probs loaded from the cache %s", split, path)
+    else:
+        rank, world = accelerator.process_index, accelerator.num_processes
+        mine = list(range(rank, len(dataset), world))
+        previous = use_packed_attention(ref_source) if uses_packed_attention else None
+        try:
+            scored = _score(ref_source, dataset, collator, batch_size, mine, accelerator.device,
+                            f"Reference log-probs ({split})")  # fmt: skip
+        finally:
+            if previous is not None:
+                restore_attention(ref_source, previous)
+        values = torch.zeros(len(dataset), 2)
+        for part_idx, part in accelerator.gather_object([(mine, scored)]) if world > 1 else [(mine, scored)]:
+            values[part_idx] = part
+        if accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(fd)
+            torch.save(values, tmp)
+            os.replace(tmp, path)
+            log.info("%s: reference log-probs cached in %s", split, path)
+    dataset = dataset.add_column("ref_chosen_logps", values[:, 0].tolist())
+    return dataset.add_column("ref_rejected_logps", values[:, 1].tolist())
