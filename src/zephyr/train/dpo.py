@@ -12,7 +12,7 @@ from zephyr.models import fit_embeddings_to_tokenizer, load_model, load_tokenize
 from zephyr.train.attention import use_packed_attention
 from zephyr.train.collate import PairCollator
 from zephyr.train.dpo_data import tokenize_preferences
-from zephyr.train.reference import precompute_reference_logps, reference_mode
+from zephyr.train.reference import precompute_reference_logps
 from zephyr.train.setup import log_batch_geometry, maybe_add_lora, save_trained
 from zephyr.train.sft import TrainResult
 from zephyr.train.trainer import DPOTrainer
@@ -66,9 +66,31 @@ def load_reference(model_args: ModelArguments, args: DPOConfig, tokenizer):
     return ref.eval().requires_grad_(False)
 
 
+def precompute_all(data: dict, policy, model_args: ModelArguments, args: DPOConfig, tokenizer) -> None:
+    """Reference log-probs for every split, from the cache or computed now.
+
+    When the reference is the starting policy (the default), the policy itself scores the data
+    before training starts, so no second copy of the model is ever loaded.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    separate = args.ref_model_name_or_path is not None
+    ref = load_reference(model_args, args, tokenizer) if separate else policy
+    ref.to(state.device)
+    collator = pair_collator(args, tokenizer.pad_token_id)
+    for name in list(data):
+        data[name] = precompute_reference_logps(
+            data[name], ref, collator, args.per_device_eval_batch_size, state, name,
+            args.ref_cache_dir, uses_packed_attention=args.padding_free,
+        )  # fmt: skip
+    if separate:
+        del ref
+        gc.collect()
+
+
 def dpo(model_args: ModelArguments, data_args: DataArguments, args: DPOConfig, recipe: dict | None = None) -> TrainResult:
     """Align a model on preference pairs with DPO; save a ready-to-load checkpoint with a model card."""
-    from accelerate import PartialState
     from transformers import set_seed
 
     set_seed(args.seed)
@@ -77,23 +99,18 @@ def dpo(model_args: ModelArguments, data_args: DataArguments, args: DPOConfig, r
         data_args.chat_template, model_args.model_revision, model_args.trust_remote_code,
     )  # fmt: skip
     data = prepare_dpo_data(tokenizer, data_args, args)
-    model = maybe_add_lora(load_policy(model_args, tokenizer), model_args, args)
-    ref_model = load_reference(model_args, args, tokenizer)
-    collator = pair_collator(args, tokenizer.pad_token_id)
+    model = load_policy(model_args, tokenizer)
     if args.precompute_ref_log_probs:
-        state = PartialState()
-        with reference_mode(model, ref_model) as ref_source:
-            ref_source.to(state.device)
-            for name in list(data):
-                data[name] = precompute_reference_logps(
-                    data[name], ref_source, collator, args.per_device_eval_batch_size, state, name,
-                    args.ref_cache_dir, uses_packed_attention=args.padding_free,
-                )  # fmt: skip
-        ref_model = None  # not needed in memory any more
-        gc.collect()
-    elif ref_model is not None and args.padding_free:
-        use_packed_attention(ref_model)
+        precompute_all(data, model, model_args, args, tokenizer)
+        ref_model = None  # the reference is never needed in memory while training
+        model = maybe_add_lora(model, model_args, args)
+    else:
+        model = maybe_add_lora(model, model_args, args)
+        ref_model = load_reference(model_args, args, tokenizer)
+        if ref_model is not None and args.padding_free:
+            use_packed_attention(ref_model)
     log_batch_geometry(args, data["train"].rename_column("prompt_ids", "input_ids"), unit="pairs")
+    collator = pair_collator(args, tokenizer.pad_token_id)
     trainer = DPOTrainer(
         model=model, ref_model=ref_model, args=args, train_dataset=data["train"], eval_dataset=data.get("test"),
         data_collator=collator, processing_class=tokenizer,

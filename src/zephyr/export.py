@@ -1,0 +1,148 @@
+"""`zephyr export MODEL --output DIR`: merge a LoRA adapter into its base and save a plain checkpoint.
+
+The result is what every serving stack expects: safetensors weights, config, generation config,
+tokenizer and chat template in one directory, loadable by ``AutoModelForCausalLM.from_pretrained``
+with no PEFT involved. A model that is not an adapter (a .gguf file, the embedded alias) is saved the
+same way, which turns it into a normal checkpoint. ``--push-to-hub REPO`` uploads the directory
+afterwards, from the main process only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from zephyr.errors import ConfigError, ModelError
+
+HELP = "Merge a LoRA adapter into its base model and save a plain checkpoint (optionally push it to the hub)."
+DESCRIPTION = (
+    HELP
+    + "\n\nExample: zephyr export runs/dpo --output runs/zephyr-merged"
+    "\n         zephyr export runs/dpo --base mistralai/Mistral-7B-v0.1 --output merged --push-to-hub me/zephyr"
+)
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="LoRA adapter dir (or any model spec, saved as a plain checkpoint)")
+    parser.add_argument("--output", "-o", required=True, help="Directory for the merged checkpoint")
+    parser.add_argument("--base", default=None,
+                        help="Base model spec (default: `base_model_name_or_path` in adapter_config.json)")
+    parser.add_argument("--chat-template", default=None,
+                        help="zephyr, chatml or Jinja source to store (default: the tokenizer's own, else zephyr)")
+    parser.add_argument("--dtype", default="auto", help="auto (keep the checkpoint's), fp32, bf16 or fp16")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing non-empty output dir")
+    parser.add_argument("--push-to-hub", metavar="REPO", default=None, help="Also upload to this hub repo")
+    parser.add_argument("--private", action="store_true", help="Create the hub repo as private")
+
+
+def run(args, extra) -> int:
+    out = export_model(args.model, args.output, base=args.base, chat_template=args.chat_template,
+                       dtype=args.dtype, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
+                       private=args.private)
+    print(f"Merged checkpoint saved to {out}")
+    return 0
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a distributed launch, or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def export_model(model: str, output: str | os.PathLike, *, base: str | None = None,
+                 chat_template: str | None = None, dtype: str = "auto", overwrite: bool = False,
+                 push_to_hub: str | None = None, private: bool = False) -> Path:
+    """Merge (when ``model`` is a LoRA adapter) and save a standalone checkpoint into ``output``."""
+    from zephyr.models import fit_embeddings_to_tokenizer, load_tokenizer
+
+    output = Path(output).expanduser()
+    if not is_main_process():
+        log.info("Not the main process: leaving the export to rank 0")
+        return output
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise ConfigError(f"`--output` {output} exists and is not empty; pass --overwrite to replace it")
+    adapter, base_spec = _adapter_and_base(model, base)
+    tokenizer = load_tokenizer(model if _has_tokenizer(adapter) else base_spec, chat_template)
+    merged = _load_base(base_spec, dtype)
+    # An adapter trained after the tokenizer gained a pad token expects the grown embedding matrix.
+    fit_embeddings_to_tokenizer(merged, tokenizer)
+    if adapter is not None:
+        merged = _merge(merged, adapter)
+    _save_atomically(merged, tokenizer, output)
+    log.info("Saved %s checkpoint to %s", "merged" if adapter else "plain", output)
+    if push_to_hub:
+        push_folder(output, push_to_hub, private=private)
+    return output
+
+
+def _adapter_and_base(model: str, base: str | None) -> tuple[Path | None, str]:
+    """The adapter dir (None when ``model`` is a full model) and the spec of the model to load first."""
+    from zephyr.models import resolve_model
+
+    resolved = Path(resolve_model(model))
+    config = resolved / "adapter_config.json"
+    if not config.is_file():
+        if base:
+            raise ConfigError(f"`--base` is only for LoRA adapters, and {model} holds no adapter_config.json")
+        return None, str(resolved)
+    recorded = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not (base or recorded):
+        raise ConfigError(f"{config} names no `base_model_name_or_path`; pass the base model with --base")
+    return resolved, base or recorded
+
+
+def _has_tokenizer(adapter: Path | None) -> bool:
+    return adapter is not None and (adapter / "tokenizer_config.json").is_file()
+
+
+def _load_base(spec: str, dtype: str):
+    from zephyr.models import LoadSettings, load_model
+
+    return load_model(spec, LoadSettings(dtype=dtype))
+
+
+def _merge(base_model, adapter: Path):
+    """Fold the LoRA deltas into the base weights and drop every PEFT wrapper."""
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(base_model, str(adapter))
+    except (RuntimeError, ValueError) as exc:  # shapes or target modules that do not match this base
+        raise ModelError(f"The adapter in {adapter} does not fit its base model: {exc}") from exc
+    return peft_model.merge_and_unload()
+
+
+def _save_atomically(model, tokenizer, output: Path) -> None:
+    """Write into a temporary sibling dir, then swap it in, so a crash never leaves half a checkpoint."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def push_folder(folder: Path, repo: str, private: bool = False) -> None:
+    """Upload ``folder`` to hub repo ``repo`` (created if missing); offline or failing, say so plainly."""
+    from huggingface_hub import HfApi, constants
+
+    later = f"The checkpoint is saved in {folder}; upload it later with: hf upload {repo} {folder}"
+    if constants.HF_HUB_OFFLINE:
+        raise ModelError(f"Cannot push to the hub repo `{repo}`: offline mode is on (HF_HUB_OFFLINE). {later}")
+    try:
+        api = HfApi()
+        api.create_repo(repo, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message="Upload model exported by zephyr")
+    except Exception as exc:  # noqa: BLE001 - network, auth and HTTP failures all end the same way
+        raise ModelError(f"Could not push to the hub repo `{repo}`: {type(exc).__name__}: {exc}. {later}") from exc
+    log.info("Pushed %s to https://huggingface.co/%s", folder, repo)
