@@ -167,8 +167,8 @@ def _admits_str(tp) -> bool:
 def _coerce(key: str, value: Any, tp) -> Any:
     """YAML reads `1e-5` as a string (YAML 1.1); turn such strings into the field's number type."""
     scalar = _scalar_type(tp)
-    if isinstance(value, bool) and scalar is not bool and _admits_str(tp) and bool not in typing.get_args(tp):
-        return "yes" if value else "no"  # YAML 1.1 reads `save_strategy: no` as False
+    if value is False and scalar is not bool and _admits_str(tp) and bool not in typing.get_args(tp):
+        return "no"  # YAML 1.1 reads `save_strategy: no` as False; `resume_from_checkpoint: true` stays True
     if value is None or scalar is None:
         return value
     if not isinstance(value, str):
@@ -387,3 +387,16 @@ class DPOConfig(_training_arguments()):
         if self.prefix_sharing and not self.padding_free:
             self.prefix_sharing = False  # sharing a prompt needs the packed row layout
         self.remove_unused_columns = False
+
+
+def effective_recipe(recipe: str | Path | None, overrides: Sequence[str], *configs) -> dict[str, Any]:
+    """What a run was asked to do, for model cards: every model/data setting plus each training key the
+    recipe file or the command line set, with the value actually used."""
+    given = read_recipe(recipe) | parse_overrides(overrides)
+    record = to_dict(*(c for c in configs if isinstance(c, (ModelArguments, DataArguments))))
+    effective = to_dict(*configs)
+    for key in given:
+        name = KEY_ALIASES.get(key, key)
+        if name in effective:
+            record[name] = effective[name]
+    return record

@@ -6,10 +6,9 @@ from zephyr.config import (
     DataArguments,
     DPOConfig,
     ModelArguments,
+    effective_recipe,
     help_text,
     parse_config,
-    read_recipe,
-    to_dict,
 )
 
 HELP = "dDPO: align a model on preference pairs (sigmoid/robust/ipo/hinge), packed with prefix sharing."
@@ -33,7 +32,7 @@ def run(args, extra) -> int:
     from zephyr.train.dpo import dpo
 
     model_args, data_args, dpo_args = parse_config([ModelArguments, DataArguments, DPOConfig], args.recipe, extra)
-    recipe = read_recipe(args.recipe) | to_dict(model_args, data_args)
+    recipe = effective_recipe(args.recipe, extra, model_args, data_args, dpo_args)
     result = dpo(model_args, data_args, dpo_args, recipe=recipe)
     print(f"DPO model saved to {result.output_dir}")
     return 0

@@ -6,10 +6,9 @@ from zephyr.config import (
     DataArguments,
     ModelArguments,
     SFTConfig,
+    effective_recipe,
     help_text,
     parse_config,
-    read_recipe,
-    to_dict,
 )
 
 HELP = "Distilled SFT: fine-tune a model on conversations (assistant tokens only), packed and padding-free."
@@ -32,7 +31,7 @@ def run(args, extra) -> int:
     from zephyr.train.sft import sft
 
     model_args, data_args, sft_args = parse_config([ModelArguments, DataArguments, SFTConfig], args.recipe, extra)
-    recipe = read_recipe(args.recipe) | to_dict(model_args, data_args)
+    recipe = effective_recipe(args.recipe, extra, model_args, data_args, sft_args)
     result = sft(model_args, data_args, sft_args, recipe=recipe)
     print(f"SFT model saved to {result.output_dir}")
     return 0
