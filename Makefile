@@ -5,7 +5,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test lint bench-sft clean
+.PHONY: demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/zephyr sft recipes/demo/sft.yaml
-	$(BIN)/zephyr chat runs/demo/sft --prompt "Give me three tips for writing a clear email." --max-tokens 96
+	$(BIN)/zephyr dpo recipes/demo/dpo.yaml
+	$(BIN)/zephyr chat runs/demo/dpo --temperature 0 --max-tokens 96 \
+		--prompt "Give me three tips for writing a clear email."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -25,8 +27,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
-bench-sft: $(STAMP)
+bench: $(STAMP)
 	$(BIN)/python bench/sft_throughput.py
+	$(BIN)/python bench/dpo_throughput.py
 
 clean:
 	rm -rf $(VENV) runs
