@@ -21,9 +21,12 @@ from zephyr.errors import ZephyrError
 COMMANDS = {
     "sft": "zephyr.train.sft_cli",
     "dpo": "zephyr.train.dpo_cli",
+    "run": "zephyr.pipeline_cli",
     "chat": "zephyr.serve.chat_cli",
     "serve": "zephyr.serve_cli",
     "export": "zephyr.export",
+    "eval": "zephyr.evaluate.cli",
+    "report": "zephyr.report",
 }
 
 RECIPE_COMMANDS_ACCEPT_OVERRIDES = {"sft", "dpo", "generate", "feedback", "binarize", "clean", "run"}
