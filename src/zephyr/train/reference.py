@@ -97,7 +97,12 @@ def precompute_reference_logps(dataset, ref_source, collator, batch_size: int, a
             if previous is not None:
                 restore_attention(ref_source, previous)
         values = torch.zeros(len(dataset), 2)
-        for part_idx, part in accelerator.gather_object([(mine, scored)]) if world > 1 else [(mine, scored)]:
+        parts = [(mine, scored)]
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            parts = gather_object(parts)  # every process gets every process's share
+        for part_idx, part in parts:
             values[part_idx] = part
         if accelerator.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
