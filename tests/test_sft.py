@@ -236,9 +236,7 @@ def test_two_process_ddp_matches_single_process(tiny_model_dir, tmp_path):
     a = load_file(tmp_path / "single" / "model.safetensors")
     b = load_file(tmp_path / "ddp" / "model.safetensors")
     # Tolerance: the two runs differ only in float summation order (gradients all-reduced over gloo).
-    loss_a = json.loads((tmp_path / "single" / "all_results.json").read_text())["train_loss"]
-    loss_b = json.loads((tmp_path / "ddp" / "all_results.json").read_text())["train_loss"]
-    assert loss_b == pytest.approx(loss_a, rel=1e-4)
+    # (Trainer's `train_loss` is rank 0's own average, so the weights are what we compare.)
     drift = max((a[k] - b[k]).abs().max().item() for k in a)
     assert drift < 1e-4, f"weights differ by up to {drift}"
 

@@ -33,11 +33,17 @@ def add_model_arguments(parser) -> None:
                         help="Most sequences decoded together in one forward pass (default: 32)")
     parser.add_argument("--max-model-len", type=int, default=None,
                         help="Context length to allow (default: the model's max_position_embeddings)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice; fewer helps on a busy machine)")
 
 
 def build_engine(args, **kwargs):
+    import torch
+
     from zephyr.serve.engine import Engine
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     return Engine.from_spec(args.model, chat_template=args.chat_template, dtype=args.dtype, device=args.device,
                             max_batch_size=args.max_batch_size, max_model_len=args.max_model_len, **kwargs)
 

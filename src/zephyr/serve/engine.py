@@ -208,7 +208,9 @@ class _Row:
         if token in engine.eos_ids:
             return self.finish("stop", len(self.text))
         self.token_ids.append(token)
-        self.text = engine.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        # No clean-up of spaces: it can rewrite already-streamed text ("a ," -> "a,") as tokens arrive.
+        self.text = engine.tokenizer.decode(self.token_ids, skip_special_tokens=True,
+                                            clean_up_tokenization_spaces=False)
         stop_at, hold = _scan_stops(self.text, self.params.stop, self.emitted)
         if stop_at is not None:
             return self.finish("stop", stop_at)
@@ -254,9 +256,12 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
 
 
 class _Batch:
-    """The running rows and their shared, left-padded KV cache (lists of per-layer key/value tensors)."""
+    """The running rows and their shared, left-padded KV cache."""
 
     def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
         self.rows: list[_Row] = []
         self.cache = None  # a transformers DynamicCache
         self.mask: torch.Tensor | None = None  # [rows, T]
@@ -279,7 +284,7 @@ class _Batch:
         if len(keep) == len(self.rows):
             return
         if not keep:
-            self.__init__()
+            self.clear()
             return
         index = torch.tensor(keep, device=self.mask.device)
         first = int(self.mask[index].any(0).nonzero()[0])
@@ -386,6 +391,8 @@ class Engine:
                     loop=None) -> RequestHandle:
         """Queue several prompts as one request (their rows are admitted together)."""
         params = params or SamplingParams()
+        if not prompts:
+            raise InvalidRequest("No prompt given", param="prompt")
         handle = RequestHandle([list(p) for p in prompts], params, loop=loop)
         if len(prompts) * params.n > self.max_batch_size:
             raise InvalidRequest(
@@ -404,6 +411,8 @@ class Engine:
         return handle
 
     def _max_new_tokens(self, prompt: list[int], asked: int | None) -> int:
+        if not prompt:
+            raise InvalidRequest("The prompt is empty; send some text", param="prompt")
         room = self.context_length - len(prompt)
         if room < 1:
             raise InvalidRequest(
@@ -417,16 +426,32 @@ class Engine:
                 f"prompt (context {self.context_length}); lower `max_tokens`", param="max_tokens")
         return asked
 
-    def generate(self, conversations: Sequence[Sequence[dict]], params: SamplingParams | None = None
-                 ) -> list[Completion]:
-        """Generate replies to many conversations at once (batched), in order."""
-        handles = [self.submit(self.encode_chat(m), params) for m in conversations]
-        return [h.result() for h in handles]
+    def generate(self, conversations: Sequence[Sequence[dict]], params: SamplingParams | None = None, *,
+                 progress: bool = False) -> list[Completion]:
+        """Replies to many conversations, batched, in input order. ``progress`` shows a tqdm bar."""
+        prompts = [self.encode_chat(m) for m in conversations]  # a bad conversation fails before any work
+        return self._run_all(prompts, params, progress, "generate")
 
-    def complete(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[Completion]:
-        """Continue raw text prompts (no chat template)."""
-        handles = [self.submit(self.encode_text(p), params) for p in prompts]
-        return [h.result() for h in handles]
+    def complete(self, prompts: Sequence[str], params: SamplingParams | None = None, *,
+                 progress: bool = False) -> list[Completion]:
+        """Continuations of raw text prompts (no chat template), batched, in input order."""
+        return self._run_all([self.encode_text(p) for p in prompts], params, progress, "complete")
+
+    def _run_all(self, prompts: list[list[int]], params, progress: bool, desc: str) -> list[Completion]:
+        """Keep a couple of batches' worth of requests queued (not all of them: memory, and the pending cap)."""
+        from tqdm.auto import tqdm
+
+        window, pending, results = 2 * self.max_batch_size, deque(), []
+        with tqdm(total=len(prompts), desc=desc, unit="req", disable=not progress) as bar:
+            for prompt in prompts:
+                if len(pending) >= window:
+                    results.append(pending.popleft().result())
+                    bar.update()
+                pending.append(self.submit(prompt, params))
+            while pending:
+                results.append(pending.popleft().result())
+                bar.update()
+        return results
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -526,7 +551,8 @@ class Engine:
         cache = DynamicCache()
         logits = self._forward(ids, mask, cache)
         tokens = sample(logits, rows)
-        self._batch.extend(rows, cache, mask.to(self.model.device), torch.tensor(tokens)[:, None])
+        next_ids = torch.tensor(tokens, device=self.model.device)[:, None]
+        self._batch.extend(rows, cache, mask.to(self.model.device), next_ids)
         self._accept(rows, tokens)
 
     def _decode(self) -> None:
@@ -535,7 +561,7 @@ class Engine:
         logits = self._forward(batch.next_ids, mask, batch.cache)
         batch.mask = mask
         tokens = sample(logits, batch.rows)
-        batch.next_ids = torch.tensor(tokens)[:, None]
+        batch.next_ids = torch.tensor(tokens, device=self.model.device)[:, None]
         self._accept(batch.rows, tokens)
 
     def _accept(self, rows: list[_Row], tokens: list[int]) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from zephyr.serve.engine import Engine, SamplingParams
+from zephyr.serve.engine import Engine, InvalidRequest, SamplingParams
 
 HELP_TEXT = """Commands:
   /reset         start a new conversation (the system prompt stays)
@@ -42,8 +42,12 @@ class ChatSession:
     def reply(self, text: str) -> str:
         """Add a user turn, stream the model's answer to ``out``, and keep it in the conversation."""
         self.messages.append({"role": "user", "content": text})
-        prompt = self.engine.encode_chat(self.conversation())
-        handle = self.engine.submit(prompt, self.params)
+        try:
+            handle = self.engine.submit(self.engine.encode_chat(self.conversation()), self.params)
+        except InvalidRequest as exc:  # e.g. the conversation outgrew the context: say so, keep chatting
+            self.messages.pop()
+            self.out.write(f"(not sent: {exc}; /reset starts over)\n")
+            return ""
         pieces = []
         try:
             for delta in handle:
