@@ -21,6 +21,10 @@ from zephyr.errors import ZephyrError
 COMMANDS = {
     "sft": "zephyr.train.sft_cli",
     "dpo": "zephyr.train.dpo_cli",
+    "generate": "zephyr.distill.generate",
+    "feedback": "zephyr.distill.feedback",
+    "binarize": "zephyr.distill.binarize",
+    "clean": "zephyr.distill.clean",
     "run": "zephyr.pipeline_cli",
     "chat": "zephyr.serve.chat_cli",
     "serve": "zephyr.serve_cli",
