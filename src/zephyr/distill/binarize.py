@@ -1,0 +1,286 @@
+"""`zephyr binarize CONFIG`: rated completions -> preference pairs and SFT/generation splits.
+
+Per prompt, as HuggingFaceH4/ultrafeedback_binarized: ``chosen`` is the completion with the highest
+score (the first of equals), ``rejected`` a random other one, not the worst, so the pairs stay hard.
+Unlike the original, the draw is seeded on the prompt id and a global seed only, so it is identical
+across runs, input orders and process counts. The train/test split is likewise a seeded hash of the
+prompt id.
+
+Filters: prompts with fewer than 2 rated completions are dropped; ``ties: drop`` draws the rejected
+reply only among strictly lower scores; ``min_score_gap`` draws it only among replies at least that far
+below. A prompt left with no candidate is dropped. Every drop is counted by reason in the report.
+
+Output (``output_dir``): a `datasets` DatasetDict with train_prefs/test_prefs/train_sft/test_sft/
+train_gen/test_gen, the same splits as ``jsonl/<split>.jsonl``, and ``binarize_report.json``; rows have
+the ultrafeedback_binarized shape (prompt, prompt_id, chosen, rejected, messages, score_chosen,
+score_rejected); the gen splits' ``messages`` stop before the final assistant turn. The directory is
+built beside the target and swapped in whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zephyr.data import FEATURES, MESSAGES, prompt_id_of
+from zephyr.distill import cli
+from zephyr.distill.principles import stable_rng
+from zephyr.distill.records import check_schema, source_rows, write_dataset_dir
+from zephyr.distill.rubrics import ASPECTS
+from zephyr.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen")
+SCORE_FIELDS = ("fine-grained_score", "overall_score", *ASPECTS)
+
+
+def _help(text: str, **kw) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class BinarizeConfig:
+    """Settings of `zephyr binarize`."""
+
+    input: str = _help("Rated completions: the `zephyr feedback` output, or UltraFeedback-shaped rows "
+                       "(file, saved dataset or hub id).", default="")
+    output_dir: str = _help("Directory to write (replaced whole when done).", default="")
+    score_field: str = _help(f"The score that ranks completions: {', '.join(SCORE_FIELDS)} (an aspect name "
+                             "means that aspect's rating).", default="fine-grained_score")
+    ties: str = _help("`keep`: the rejected reply may score the same as the chosen one (as UltraFeedback); "
+                      "`drop`: only strictly lower replies may be rejected.", default="keep")
+    min_score_gap: float = _help("Smallest score difference allowed between chosen and rejected.", default=0.0)
+    test_size: float = _help("Prompts held out for the test splits: a count (>= 1) or a fraction (< 1).", default=0.05)
+    test_sft_size: float | None = _help("Rows of test_sft/test_gen, taken from the test prompts: a count or a "
+                                        "fraction of them. Default: all.", default=None)
+    exclude_sources: list[str] = _help("Drop prompts whose `source` is one of these (UltraFeedback dropped "
+                                       "truthful_qa).", default_factory=list)
+    input_split: str | None = _help("Split of the input source to read.", default=None)
+    seed: int = _help("Global seed of the rejected draw and the train/test split.", default=42)
+    num_proc: int = _help("Processes for pairing (the result does not depend on it).", default=1)
+
+    def __post_init__(self):
+        if not self.input or not self.output_dir:
+            raise ConfigError("`input` and `output_dir` are required (e.g. input: runs/demo/rated.jsonl, "
+                              "output_dir: runs/demo/prefs)")
+        if self.score_field not in SCORE_FIELDS:
+            raise ConfigError(f"`score_field` must be one of {', '.join(SCORE_FIELDS)}; got {self.score_field!r}")
+        if self.ties not in ("keep", "drop"):
+            raise ConfigError(f"`ties` must be `keep` or `drop`; got {self.ties!r}")
+        if self.min_score_gap < 0 or self.num_proc < 1:
+            raise ConfigError(f"`min_score_gap` must be >= 0 and `num_proc` >= 1; got {self.min_score_gap}, {self.num_proc}")
+        for key in ("test_size", "test_sft_size"):
+            value = getattr(self, key)
+            if value is not None and (value < 0 or (value >= 1 and not float(value).is_integer())):
+                raise ConfigError(f"`{key}` must be a fraction below 1 or a whole count; got {value}")
+
+
+# ---- one prompt -------------------------------------------------------------------------------------
+
+
+def completion_score(completion: Any, score_field: str) -> float | None:
+    """A completion's score, or None when it has no valid one. Reads our rows and UltraFeedback's
+    (``fine-grained_score``; ``annotations.<aspect>.Rating`` as a string, "N/A" when unrated)."""
+    if not isinstance(completion, dict):
+        return None
+    if score_field in ASPECTS:
+        return _aspect_rating(completion, score_field)
+    value = completion.get(score_field)
+    if value is None and score_field == "fine-grained_score":
+        ratings = [_aspect_rating(completion, a) for a in (completion.get("annotations") or {})]
+        value = sum(ratings) / len(ratings) if ratings and None not in ratings else None
+    return _number(value)
+
+
+def _aspect_rating(completion: dict, aspect: str) -> float | None:
+    annotation = (completion.get("annotations") or {}).get(aspect)
+    if not isinstance(annotation, dict):
+        return None
+    return _number(annotation.get("rating", annotation.get("Rating")))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None  # "N/A"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def prompt_of(row: dict) -> list[dict]:
+    """The prompt messages of a rated row: ``messages`` (ours) or ``prompt``/``instruction`` text."""
+    messages = row.get("messages")
+    if isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages):
+        return [{"role": m["role"], "content": m["content"]} for m in messages]
+    text = row.get("prompt") if isinstance(row.get("prompt"), str) else row.get("instruction")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError("has no prompt (`messages`, `prompt` or `instruction`)", field="prompt")
+    return [{"role": "user", "content": text}]
+
+
+def pair_row(row: dict, cfg: BinarizeConfig) -> tuple[dict | None, str]:
+    """The preference pair of one rated row, or None and the reason it was dropped."""
+    prompt = prompt_of(row)
+    prompt_id = str(row.get("prompt_id") or prompt_id_of(prompt))
+    if row.get("source") in cfg.exclude_sources:
+        return None, "excluded_source"
+    scored = []
+    for c in row.get("completions") or []:
+        score = completion_score(c, cfg.score_field)
+        if score is not None and isinstance(c.get("response"), str) and c["response"].strip():
+            scored.append((score, c["response"]))
+    if len(scored) < 2:
+        return None, "too_few_ratings"
+    best = max(range(len(scored)), key=lambda i: (scored[i][0], -i))  # the first of the top scores
+    top = scored[best][0]
+    candidates = [i for i, (s, _) in enumerate(scored)
+                  if i != best and top - s >= cfg.min_score_gap and (cfg.ties == "keep" or s < top)]
+    if not candidates:
+        return None, "only_ties" if all(s == top for s, _ in scored) else "below_min_score_gap"
+    worse = stable_rng("binarize", cfg.seed, prompt_id).choice(candidates)
+    chosen = prompt + [{"role": "assistant", "content": scored[best][1]}]
+    rejected = prompt + [{"role": "assistant", "content": scored[worse][1]}]
+    pair = {"prompt": prompt[-1]["content"], "prompt_id": prompt_id, "chosen": chosen, "rejected": rejected,
+            "messages": chosen, "score_chosen": top, "score_rejected": scored[worse][0]}
+    return pair, "tie" if scored[worse][0] == top else "pair"
+
+
+def _pair_chunk(args: tuple[list[tuple[dict, Any]], dict]) -> list[tuple[dict | None, str]]:
+    """Worker entry (top level, so spawned processes can import it)."""
+    rows, cfg_fields = args
+    cfg = BinarizeConfig(**cfg_fields)
+    out = []
+    for loc, row in rows:
+        try:
+            check_schema(row, loc)
+            out.append(pair_row(row, cfg))
+        except DataError as err:
+            out.append((None, f"bad_row: {DataError(err.reason, field=err.field, **loc)}"))
+    return out
+
+
+# ---- the stage --------------------------------------------------------------------------------------
+
+
+def _read(cfg: BinarizeConfig) -> tuple[list[tuple[dict, Any]], list[str]]:
+    rows, bad = [], []
+    for loc, raw, _ in source_rows(cfg.input, split=cfg.input_split):
+        if isinstance(raw, DataError):
+            bad.append(str(raw))
+        else:
+            rows.append((loc, raw))
+    return rows, bad
+
+
+def make_pairs(rows: list[tuple[dict, Any]], cfg: BinarizeConfig) -> list[tuple[dict | None, str]]:
+    """pair_row over every row, in input order, on ``num_proc`` processes."""
+    fields = asdict(cfg)
+    if cfg.num_proc == 1 or len(rows) < 2:
+        return _pair_chunk((rows, fields))
+    size = math.ceil(len(rows) / cfg.num_proc)
+    chunks = [(rows[i : i + size], fields) for i in range(0, len(rows), size)]
+    with multiprocessing.get_context("spawn").Pool(cfg.num_proc) as pool:
+        return [result for part in pool.map(_pair_chunk, chunks) for result in part]
+
+
+def _split_key(seed: int, prompt_id: str) -> str:
+    return hashlib.sha256(f"split\x1f{seed}\x1f{prompt_id}".encode()).hexdigest()
+
+
+def _count(size: float | None, total: int) -> int:
+    if size is None:
+        return total
+    return min(total, int(size) if size >= 1 else int(round(size * total)))
+
+
+def build_splits(pairs: list[dict], cfg: BinarizeConfig) -> dict[str, list[dict]]:
+    """The six splits: prompts ordered by a seeded hash of their id; the first `test_size` are test."""
+    ordered = sorted(pairs, key=lambda p: _split_key(cfg.seed, p["prompt_id"]))
+    n_test = _count(cfg.test_size, len(ordered))
+    train, test = ordered[n_test:], ordered[:n_test]
+    test_small = test[: _count(cfg.test_sft_size, len(test))]
+
+    def gen(rows: list[dict]) -> list[dict]:
+        return [{**r, "messages": r["chosen"][:-1]} for r in rows]  # the prompt turns only
+
+    return {"train_prefs": train, "test_prefs": test, "train_sft": train, "test_sft": test_small,
+            "train_gen": gen(train), "test_gen": gen(test_small)}
+
+
+def write_splits(splits: dict[str, list[dict]], report: dict, output_dir: Path) -> None:
+    from datasets import Features
+
+    features = Features({**FEATURES["preference"], "messages": MESSAGES})
+    write_dataset_dir(output_dir, splits, features, "binarize_report.json", report)
+
+
+def binarize(cfg: BinarizeConfig) -> BinarizeResult:
+    """Run `zephyr binarize`."""
+    rows, bad_lines = _read(cfg)
+    results = make_pairs(rows, cfg)
+    reasons = Counter(reason.split(":")[0] for _, reason in results)
+    pairs, seen, duplicates = [], set(), 0
+    for pair, _ in results:
+        if pair is not None:
+            duplicates += pair["prompt_id"] in seen
+            if pair["prompt_id"] not in seen:
+                seen.add(pair["prompt_id"])
+                pairs.append(pair)
+    splits = build_splits(pairs, cfg)
+    bad_rows = [reason[len("bad_row: ") :] for _, reason in results if reason.startswith("bad_row")]
+    report = {
+        "input": cfg.input, "settings": asdict(cfg), "rows_read": len(rows), "pairs": len(pairs),
+        "ties_kept": reasons["tie"], "duplicate_prompts": duplicates,
+        "dropped": {k: reasons[k] for k in ("too_few_ratings", "only_ties", "below_min_score_gap", "excluded_source")},
+        "unreadable": {"lines": len(bad_lines), "rows": len(bad_rows), "examples": (bad_lines + bad_rows)[:20]},
+        "splits": {name: len(r) for name, r in splits.items()},
+        "mean_score_gap": round(sum(p["score_chosen"] - p["score_rejected"] for p in pairs) / len(pairs), 4)
+        if pairs else None,
+    }
+    write_splits(splits, report, Path(cfg.output_dir))
+    return BinarizeResult(Path(cfg.output_dir), report)
+
+
+@dataclass
+class BinarizeResult:
+    output_dir: Path
+    report: dict
+
+    @property
+    def complete(self) -> bool:
+        return not (self.report["unreadable"]["lines"] or self.report["unreadable"]["rows"])
+
+    def summary(self) -> str:
+        r = self.report
+        dropped = ", ".join(f"{k} {v}" for k, v in r["dropped"].items() if v) or "none"
+        splits = ", ".join(f"{k} {v}" for k, v in r["splits"].items())
+        unreadable = r["unreadable"]["lines"] + r["unreadable"]["rows"]
+        return (f"binarize: {r['pairs']} pairs from {r['rows_read']} rows ({r['ties_kept']} ties kept; dropped: "
+                f"{dropped}; {unreadable} unreadable) -> {self.output_dir} [{splits}]; "
+                f"report: {self.output_dir / 'binarize_report.json'}")
+
+
+def load_report(output_dir: str | Path) -> dict:
+    return json.loads((Path(output_dir) / "binarize_report.json").read_text(encoding="utf-8"))
+
+
+# ---- command line -----------------------------------------------------------------------------------
+
+HELP = "Binarize rated completions into preference pairs and SFT/generation splits (ultrafeedback_binarized shape)."
+DESCRIPTION = cli.describe(HELP, BinarizeConfig, "zephyr binarize recipes/demo/binarize.yaml --ties=drop")
+add_arguments = cli.add_arguments
+
+
+def run(args, extra) -> int:
+    return cli.run_stage(BinarizeConfig, binarize, args, extra)

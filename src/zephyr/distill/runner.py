@@ -1,0 +1,188 @@
+"""Run a stage row by row: resume, rows in flight on worker threads, streaming output, per-row failures,
+and a progress bar with rows/s and tokens/s.
+
+``generate`` and ``feedback`` are both "one input row in, one output row out, slowly". Here each row is
+worked on by a thread (the model calls inside block), many rows at a time so a batching backend sees
+enough requests to fill its batches; the main thread alone writes, one whole line per finished row.
+A row is either written complete or not at all, so an interrupted run (Ctrl-C, kill -9) resumes by
+skipping the keys already in the output. A row that fails (a backend that gave up, a bad input line) is
+reported in ``<output>.failures.jsonl`` and retried by the next run; the rest of the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from zephyr.distill.records import EventLog, RowLog, write_json
+from zephyr.errors import ConfigError, DataError, ZephyrError
+
+log = logging.getLogger(__name__)
+
+# work(payload) -> (output row, completion tokens it took)
+Work = Callable[[Any], tuple[dict, int]]
+
+
+@dataclass
+class StageResult:
+    stage: str
+    output: Path
+    total: int  # rows the input asked for
+    resumed: int  # already in the output when this run started
+    written: int  # written by this run
+    failed: int  # failed in this run (reported, retried by the next run)
+    bad_input: int  # input lines or rows that could not be read
+    tokens: int
+    seconds: float
+    failures: Path | None
+
+    @property
+    def complete(self) -> bool:
+        return self.failed == 0 and self.bad_input == 0
+
+    def summary(self) -> str:
+        rate = self.tokens / self.seconds if self.seconds else 0.0
+        text = (f"{self.stage}: {self.resumed + self.written}/{self.total} rows in {self.output} "
+                f"({self.written} new, {self.resumed} from an earlier run; {self.tokens} tokens, "
+                f"{self.seconds:.1f} s, {rate:.1f} tok/s)")
+        if not self.complete:
+            text += (f"; {self.failed} row(s) failed and {self.bad_input} input row(s) were unreadable, "
+                     f"see {self.failures}; rerun to retry the failed rows")
+        return text
+
+
+def side_path(output: Path, suffix: str) -> Path:
+    """``runs/x/completions.jsonl`` -> ``runs/x/completions.<suffix>``."""
+    return output.with_name(f"{output.stem}.{suffix}")
+
+
+def check_settings(output: Path, settings: dict, has_rows: bool) -> None:
+    """Refuse to resume an output that was made with different settings (it would mix two datasets)."""
+    path = side_path(output, "settings.json")
+    if has_rows and path.is_file():
+        import json
+
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            raise ConfigError(
+                f"{output} was started with different settings ({', '.join(f'`{k}`' for k in changed)} changed); "
+                "resuming would mix the two. Restore them, or write to another `output`, or delete the file to start over"
+            )
+    write_json(path, settings)
+
+
+def run_stage(stage: str, items: Sequence[tuple[str, Any]], work: Work, output: str | Path, *,
+              concurrency: int, settings: dict, bad_input: Sequence[DataError] = (),
+              progress: bool = True) -> StageResult:
+    """Work every ``(key, payload)`` whose key is not yet in ``output``, writing rows as they finish."""
+    output = Path(output)
+    started = time.monotonic()
+    failures = EventLog(side_path(output, "failures.jsonl"))
+    with RowLog(output) as rows:
+        done = {row.get("prompt_id") for row in rows.existing()}
+        check_settings(output, settings, bool(done))
+        for err in bad_input:
+            failures.add({"stage": stage, "kind": "bad_input", "source": err.source, "line": err.line,
+                          "row": err.row, "field": err.field, "error": err.reason})
+        pending = [(k, p) for k, p in items if k not in done]
+        resumed = len(items) - len(pending)
+        if resumed:
+            log.info("%s: resuming; %d of %d rows are already in %s", stage, resumed, len(items), output)
+        bar = tqdm(total=len(items), initial=resumed, desc=stage, unit="row", disable=not progress,
+                   dynamic_ncols=True)
+        try:
+            written, tokens = _drive(stage, pending, work, rows, failures, bar, concurrency)
+        finally:
+            bar.close()
+            failures.close()
+    return StageResult(stage, output, len(items), resumed, written, failures.count - len(bad_input),
+                       len(bad_input), tokens, time.monotonic() - started,
+                       failures.path if failures.count else None)
+
+
+def _drive(stage, pending, work, rows: RowLog, failures: EventLog, bar, concurrency: int) -> tuple[int, int]:
+    pool = _Workers(work, min(concurrency, max(1, len(pending))))
+    feed = iter(pending)
+    in_flight = 0
+    for key, payload in feed:
+        pool.submit(key, payload)
+        in_flight += 1
+        if in_flight >= 2 * concurrency:  # keep a small queue ahead of the workers, not the whole input
+            break
+    written = tokens = failed = 0
+    started = time.monotonic()
+    try:
+        while in_flight:
+            key, result, error = pool.next_done()
+            in_flight -= 1
+            if error is None:
+                row, used = result
+                rows.append(row)
+                written, tokens = written + 1, tokens + used
+            elif isinstance(error, ZephyrError):
+                failed += 1
+                failures.add({"stage": stage, "kind": "row_failed", "prompt_id": key, "error": str(error),
+                              "attempts": getattr(error, "attempts", 1)})
+                tqdm.write(f"{stage}: row {key} failed: {error}")
+            else:
+                raise error
+            bar.update()
+            elapsed = max(time.monotonic() - started, 1e-9)
+            bar.set_postfix_str(f"{written / elapsed:.2f} rows/s, {tokens / elapsed:.1f} tok/s, {failed} failed")
+            nxt = next(feed, None)
+            if nxt is not None:
+                pool.submit(*nxt)
+                in_flight += 1
+    finally:
+        pool.stop()
+    return written, tokens
+
+
+class _Workers:
+    """Daemon threads running ``work`` on submitted items. Daemons, so an interrupted run exits at once
+    instead of waiting for model calls in flight (their rows were not written, so nothing is lost)."""
+
+    def __init__(self, work: Work, count: int):
+        self._work = work
+        self._todo: queue.Queue = queue.Queue()
+        self._done: queue.Queue = queue.Queue()
+        self._threads = [threading.Thread(target=self._loop, daemon=True, name=f"zephyr-row-{i}")
+                         for i in range(count)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, key: str, payload: Any) -> None:
+        self._todo.put((key, payload))
+
+    def next_done(self) -> tuple[str, Any, BaseException | None]:
+        while True:
+            try:
+                return self._done.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive
+            except queue.Empty:
+                continue
+
+    def _loop(self) -> None:
+        while (item := self._todo.get()) is not None:
+            key, payload = item
+            try:
+                self._done.put((key, self._work(payload), None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which decides
+                self._done.put((key, None, exc))
+
+    def stop(self) -> None:
+        while True:  # drop work not yet started, then let each thread finish its current row and exit
+            try:
+                self._todo.get_nowait()
+            except queue.Empty:
+                break
+        for _ in self._threads:
+            self._todo.put(None)

@@ -1,0 +1,340 @@
+"""MT-Bench, score-compatible with FastChat's llm_judge: question files, answer files, answer generation
+and the judge matches.
+
+Files (the shapes FastChat's gen_model_answer, gen_judgment and show_result read and write):
+
+- question: ``{"question_id": 81, "category": "writing", "turns": ["...", "..."]}``, one per line;
+- model answer / reference answer: ``{"question_id", "answer_id", "model_id",
+  "choices": [{"index": 0, "turns": ["...", "..."]}], "tstamp"}``, one per line, in a file named
+  after the model;
+- single judgment: ``{"question_id", "model", "judge": [judge, prompt name], "user_prompt", "judgment",
+  "score", "turn", "tstamp"}``; pairwise judgment: ``{"question_id", "model_1", "model_2", "g1_winner",
+  "g2_winner", "judge", "g1_user_prompt", "g1_judgment", "g2_user_prompt", "g2_judgment", "turn", "tstamp"}``.
+
+Answering follows FastChat: each category samples at its own temperature (greedy below 1e-4), up to
+1024 new tokens, and turn 2 is asked after the model's own turn-1 answer. Math, reasoning and coding
+are judged against reference answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from zephyr.errors import ConfigError, DataError
+from zephyr.evaluate.judges import JudgeTask, PromptSet, parse_rating, parse_verdict
+from zephyr.evaluate.records import append_jsonl, read_jsonl, write_jsonl
+from zephyr.evaluate.runner import DEFAULT_CONCURRENCY, run_jobs
+
+if TYPE_CHECKING:
+    from zephyr.distill.backends import Backend
+
+log = logging.getLogger(__name__)
+
+TEMPERATURES = {
+    "writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
+    "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0,
+}  # fmt: skip
+DEFAULT_TEMPERATURE = 0.7  # a category FastChat does not know
+GREEDY_BELOW = 1e-4
+MAX_NEW_TOKENS = 1024
+REFERENCE_CATEGORIES = ("math", "reasoning", "coding", "arena-hard-200")
+CATEGORY_ORDER = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
+
+
+@dataclass(frozen=True)
+class Question:
+    question_id: int | str
+    category: str
+    turns: tuple[str, ...]
+
+    @property
+    def temperature(self) -> float:
+        return TEMPERATURES.get(self.category, DEFAULT_TEMPERATURE)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.category in REFERENCE_CATEGORIES
+
+    def as_dict(self) -> dict:
+        return {"question_id": self.question_id, "category": self.category, "turns": list(self.turns)}
+
+
+def _question_id(row: dict, source: str, line: int):
+    qid = row.get("question_id")
+    if isinstance(qid, bool) or not isinstance(qid, (int, str)) or (isinstance(qid, str) and not qid.strip()):
+        raise DataError(f"must be an integer or a non-empty string, got {qid!r}", source=source, line=line,
+                        field="question_id")  # fmt: skip
+    return qid
+
+
+def _turns(value, source: str, line: int, field: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"must be a non-empty list of strings, got {value!r:.60}", source=source, line=line, field=field)
+    for i, text in enumerate(value):
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"must be a non-empty string, got {text!r:.60}", source=source, line=line,
+                            field=f"{field}[{i}]")  # fmt: skip
+    return tuple(value)
+
+
+def load_questions(path: str | Path) -> list[Question]:
+    """Questions in FastChat's format; a bad row raises a DataError naming the file, line and field."""
+    questions, seen = [], {}
+    for line, row in read_jsonl(path):
+        qid = _question_id(row, str(path), line)
+        if qid in seen:
+            raise DataError(f"duplicate question_id {qid!r} (first on line {seen[qid]})", source=str(path), line=line,
+                            field="question_id")  # fmt: skip
+        seen[qid] = line
+        category = row.get("category")
+        if not isinstance(category, str) or not category.strip():
+            raise DataError(f"must be a non-empty string, got {category!r}", source=str(path), line=line, field="category")
+        questions.append(Question(qid, category, _turns(row.get("turns"), str(path), line, "turns")))
+    if not questions:
+        raise DataError("holds no questions", source=str(path))
+    return questions
+
+
+def load_answers(path: str | Path, *, tolerate_torn_tail: bool = False) -> dict:
+    """question_id -> answer record, from a model answer (or reference answer) file. A question answered
+    twice keeps its last answer, as FastChat does when it reads the file."""
+    answers = {}
+    for line, row in read_jsonl(path, tolerate_torn_tail=tolerate_torn_tail):
+        qid = _question_id(row, str(path), line)
+        choices = row.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise DataError("must be a non-empty list of {index, turns} objects", source=str(path), line=line,
+                            field="choices")  # fmt: skip
+        turns = choices[0].get("turns")
+        if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
+            raise DataError("must be a list of strings", source=str(path), line=line, field="choices[0].turns")
+        answers[qid] = row
+    return answers
+
+
+def answer_turns(record: dict) -> list[str]:
+    return record["choices"][0]["turns"]
+
+
+def check_answers(questions: Sequence[Question], answers: dict, model: str, source: str) -> None:
+    """Every question answered, with an answer for every turn."""
+    missing = [q.question_id for q in questions if q.question_id not in answers]
+    if missing:
+        raise DataError(f"model `{model}` has no answer to question(s) {_ids(missing)}; generate them first",
+                        source=source)  # fmt: skip
+    short = [q.question_id for q in questions if len(answer_turns(answers[q.question_id])) < len(q.turns)]
+    if short:
+        raise DataError(f"model `{model}` answered fewer turns than asked for question(s) {_ids(short)}", source=source)
+
+
+def require_references(questions: Sequence[Question], references: dict | None, source: str) -> None:
+    """Every math, reasoning and coding question needs a reference answer for each turn it is judged on."""
+    needing = [q for q in questions if q.needs_reference]
+    missing = [q.question_id for q in needing if q.question_id not in (references or {})]
+    short = [q.question_id for q in needing if q.question_id in (references or {})
+             and len(answer_turns(references[q.question_id])) < min(len(q.turns), 2)]  # fmt: skip
+    if missing or short:
+        cats = ", ".join(REFERENCE_CATEGORIES[:3])
+        parts = ([f"no reference answer for question(s) {_ids(missing)}"] if missing else []) + (
+            [f"too few reference turns for question(s) {_ids(short)}"] if short else [])
+        raise ConfigError(
+            f"{source}: {'; '.join(parts)}. MT-Bench judges {cats} questions against reference answers: pass a "
+            "file that has them with `--reference-answers`, or `--no-reference` to judge them with the general "
+            "prompts (scores are then not comparable with published MT-Bench numbers)."
+        )
+
+
+def _ids(ids: Sequence) -> str:
+    return ", ".join(map(str, ids))
+
+
+# --- answering ----------------------------------------------------------------------------------------
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_answer_id() -> str:
+    """A random 22-character id, the shape of FastChat's shortuuid answer ids."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(22))
+
+
+def answer_record(question_id, model_id: str, choices: Sequence[Sequence[str]]) -> dict:
+    return {
+        "question_id": question_id,
+        "answer_id": new_answer_id(),
+        "model_id": model_id,
+        "choices": [{"index": i, "turns": list(turns)} for i, turns in enumerate(choices)],
+        "tstamp": time.time(),
+    }
+
+
+def sampling_params(question: Question, max_new_tokens: int, seed: int):
+    from zephyr.distill.backends import GenerationParams
+
+    t = question.temperature
+    return GenerationParams(temperature=t if t >= GREEDY_BELOW else 0.0, top_p=1.0, max_tokens=max_new_tokens,
+                            seed=seed)  # fmt: skip
+
+
+def converse(backend: Backend, question: Question, max_new_tokens: int, seed: int = 0) -> list[str]:
+    """The model's answers to every turn of one question, each turn asked after its own earlier answers."""
+    params = sampling_params(question, max_new_tokens, seed)
+    chat: list[dict] = []
+    answers = []
+    for text in question.turns:
+        chat.append({"role": "user", "content": text})
+        reply = backend.generate([chat], params)[0][0].text.strip()
+        answers.append(reply)
+        chat.append({"role": "assistant", "content": reply})
+    return answers
+
+
+def generate_answers(backend: Backend, questions: Sequence[Question], model_id: str, answer_file: str | Path, *,
+                     max_new_tokens: int = MAX_NEW_TOKENS, num_choices: int = 1,
+                     concurrency: int = DEFAULT_CONCURRENCY) -> dict:
+    """Answer every question not yet in ``answer_file``, many at once; each answer is saved as soon as it is
+    complete, so an interrupted run resumes. The file ends sorted by question id, one answer per question."""
+    answer_file = Path(answer_file)
+    done = load_answers(answer_file, tolerate_torn_tail=True) if answer_file.is_file() else {}
+    todo = [q for q in questions if q.question_id not in done]
+    if done and todo:
+        log.info("%s: %d of %d questions already answered; answering the other %d", answer_file,
+                 len(questions) - len(todo), len(questions), len(todo))  # fmt: skip
+
+    def job(q: Question):
+        return lambda: [converse(backend, q, max_new_tokens, seed=i) for i in range(num_choices)]
+
+    def save(index: int, choices: list[list[str]]) -> None:
+        record = answer_record(todo[index].question_id, model_id, choices)
+        append_jsonl(answer_file, [record])
+        done[record["question_id"]] = record
+
+    run_jobs([job(q) for q in todo], save, concurrency=concurrency, desc=f"answer ({model_id})", unit="question")
+    write_jsonl(answer_file, [done[k] for k in sorted(done, key=_sort_key)])
+    return done
+
+
+def _sort_key(qid) -> tuple:
+    return (0, qid, "") if isinstance(qid, int) else (1, 0, str(qid))
+
+
+# --- judge matches ------------------------------------------------------------------------------------
+
+
+def _judge_name(prompt, judge: str) -> list[str]:
+    return [judge, prompt.name]
+
+
+def single_tasks(questions: Sequence[Question], answers: dict[str, dict], prompts: PromptSet, references: dict | None,
+                 judge: str, done: set) -> list[JudgeTask]:
+    """One task per (model, question, turn) not in ``done``; turn 2 only for two-turn questions."""
+    tasks = []
+    for model, model_answers in answers.items():
+        for q in questions:
+            ref = answer_turns(references[q.question_id]) if references is not None and q.needs_reference else None
+            for turn in (1, 2) if len(q.turns) == 2 else (1,):
+                prompt = prompts.pick("single", ref is not None, turn == 2)
+                key = (q.question_id, model, judge, prompt.name, turn)
+                if key in done:
+                    continue
+                user = prompt.render(**_single_values(q, answer_turns(model_answers[q.question_id]), ref, turn))
+                tasks.append(JudgeTask(key, [prompt.conversation(user)], _single_builder(key, user, prompt)))
+    return tasks
+
+
+def _single_values(q: Question, answer: list[str], ref: list[str] | None, turn: int) -> dict:
+    values = ({"question": q.turns[0], "answer": answer[0]} if turn == 1 else
+              {"question_1": q.turns[0], "question_2": q.turns[1], "answer_1": answer[0], "answer_2": answer[1]})
+    return values | _ref_values(ref, turn)
+
+
+def _ref_values(ref: list[str] | None, turn: int) -> dict:
+    if ref is None:
+        return {}
+    return {"ref_answer_1": ref[0]} | ({"ref_answer_2": ref[1]} if turn == 2 else {})
+
+
+def _single_builder(key: tuple, user_prompt: str, prompt):
+    qid, model, judge, _, turn = key
+
+    def build(replies: list[str]) -> dict:
+        return {"question_id": qid, "model": model, "judge": _judge_name(prompt, judge), "user_prompt": user_prompt,
+                "judgment": replies[0], "score": parse_rating(replies[0]), "turn": turn, "tstamp": time.time()}
+
+    return build
+
+
+def single_key(record: dict) -> tuple:
+    judge, prompt_name = record["judge"]
+    return (record["question_id"], record["model"], judge, prompt_name, int(record["turn"]))
+
+
+def pair_tasks(questions: Sequence[Question], pairs: Sequence[tuple[str, str]], answers: dict[str, dict],
+               prompts: PromptSet, references: dict | None, judge: str, done: set) -> list[JudgeTask]:
+    """One task per (model pair, question, turn): two judge games, the second with positions swapped."""
+    tasks = []
+    for m1, m2 in pairs:
+        for q in questions:
+            ref = answer_turns(references[q.question_id]) if references is not None and q.needs_reference else None
+            for turn in (1, 2) if len(q.turns) == 2 else (1,):
+                prompt = prompts.pick("pairwise", ref is not None, turn == 2)
+                key = (q.question_id, m1, m2, judge, prompt.name, turn)
+                if key in done:
+                    continue
+                a1, a2 = answer_turns(answers[m1][q.question_id]), answer_turns(answers[m2][q.question_id])
+                g1 = prompt.render(**_pair_values(q, a1, a2, ref, turn))
+                g2 = prompt.render(**_pair_values(q, a2, a1, ref, turn))
+                tasks.append(JudgeTask(key, [prompt.conversation(g1), prompt.conversation(g2)],
+                                       _pair_builder(key, g1, g2, prompt)))  # fmt: skip
+    return tasks
+
+
+def _pair_values(q: Question, a: list[str], b: list[str], ref: list[str] | None, turn: int) -> dict:
+    if turn == 1:
+        values = {"question": q.turns[0], "answer_a": a[0], "answer_b": b[0]}
+    else:
+        values = {"question_1": q.turns[0], "question_2": q.turns[1], "answer_a_1": a[0], "answer_b_1": b[0],
+                  "answer_a_2": a[1], "answer_b_2": b[1]}  # fmt: skip
+    return values | _ref_values(ref, turn)
+
+
+def _pair_builder(key: tuple, g1_prompt: str, g2_prompt: str, prompt):
+    qid, m1, m2, judge, _, turn = key
+    g1_map, g2_map = {"A": "model_1", "B": "model_2"}, {"A": "model_2", "B": "model_1"}
+
+    def build(replies: list[str]) -> dict:
+        g1 = parse_verdict(replies[0], prompt.output_format)
+        g2 = parse_verdict(replies[1], prompt.output_format)
+        return {"question_id": qid, "model_1": m1, "model_2": m2, "g1_winner": g1_map.get(g1, g1),
+                "g2_winner": g2_map.get(g2, g2), "judge": _judge_name(prompt, judge), "g1_user_prompt": g1_prompt,
+                "g1_judgment": replies[0], "g2_user_prompt": g2_prompt, "g2_judgment": replies[1], "turn": turn,
+                "tstamp": time.time()}  # fmt: skip
+
+    return build
+
+
+def pair_key(record: dict) -> tuple:
+    judge, prompt_name = record["judge"]
+    return (record["question_id"], record["model_1"], record["model_2"], judge, prompt_name, int(record["turn"]))
+
+
+def load_judgments(path: str | Path, kind: str) -> list[dict]:
+    """Judgment records (``kind`` single or pairwise), checked for the fields scoring reads."""
+    need = ("question_id", "model", "score", "turn") if kind == "single" else (
+        "question_id", "model_1", "model_2", "g1_winner", "g2_winner", "turn")
+    out = []
+    for line, row in read_jsonl(path, tolerate_torn_tail=True):
+        for key in need:
+            if key not in row:
+                raise DataError("is missing", source=str(path), line=line, field=key)
+        if kind == "single" and (isinstance(row["score"], bool) or not isinstance(row["score"], (int, float))):
+            raise DataError(f"must be a number, got {row['score']!r}", source=str(path), line=line, field="score")
+        out.append(row)
+    return out
