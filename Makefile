@@ -16,9 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/zephyr sft recipes/demo/sft.yaml
-	$(BIN)/zephyr dpo recipes/demo/dpo.yaml
-	$(BIN)/zephyr chat runs/demo/dpo --temperature 0 --max-tokens 96 \
+	$(BIN)/zephyr run recipes/demo/pipeline.yaml
+	$(BIN)/zephyr chat runs/demo/dpo/model --temperature 0 --max-tokens 96 \
 		--prompt "Give me three tips for writing a clear email."
 
 test: $(STAMP)

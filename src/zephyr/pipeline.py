@@ -53,6 +53,7 @@ class StageSpec:
     reads: tuple[str, ...] = ()
     trains: bool = False  # may run under a multi-process launcher
     resume_keys: dict[str, Any] = field(default_factory=dict)  # settings added when resuming
+    entry: Callable[[dict], None] | None = None  # for stages with no subcommand: run in `python -m zephyr.stages`
 
 
 @dataclass
@@ -183,7 +184,10 @@ def run_stage(spec: StageSpec, settings: dict, key: str, stage_dir: Path, proces
     stage_dir.mkdir(parents=True, exist_ok=True)
     recipe = stage_dir / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(settings, sort_keys=True))
-    cmd = launch_command(spec.command, recipe, processes if spec.trains else 1)
+    if spec.entry is not None:
+        cmd = [sys.executable, "-m", "zephyr.stages", spec.name, str(recipe)]
+    else:
+        cmd = launch_command(spec.command, recipe, processes if spec.trains else 1)
     log.info("Stage %s: %s", spec.name, " ".join(cmd))
     start = time.time()
     proc = subprocess.run(cmd)
