@@ -112,6 +112,23 @@ class Plan:
     processes: int = 1
 
 
+def expand_env(value):
+    """Replace ${VAR} in every string of a recipe (judge endpoints and keys come from the environment)."""
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    return os.path.expandvars(value) if isinstance(value, str) else value
+
+
+def unset_variables(value) -> set[str]:
+    """Names of ${VAR} references left in a recipe because the variable is not set."""
+    import re
+
+    text = json.dumps(value, default=str)
+    return set(re.findall(r"\$\{(\w+)\}", text))
+
+
 def load_plan(recipe_path: str | Path, overrides: dict | None = None) -> Plan:
     from zephyr.stages import STAGES
 
@@ -129,6 +146,7 @@ def load_plan(recipe_path: str | Path, overrides: dict | None = None) -> Plan:
             raw[stage] = {**(raw[stage] or {}), key: value}
         else:
             raw[dotted] = value
+    raw = expand_env(raw)
     known = {"run_dir", "processes", *STAGES}
     for key in raw:
         if key not in known:
@@ -205,6 +223,13 @@ def run_pipeline(recipe_path: str | Path, *, start: str | None = None, only: str
     """Run (or with ``dry_run`` validate and plan) a pipeline recipe; returns a summary per stage."""
     plan = load_plan(recipe_path, overrides)
     chosen = select(plan, start, only)
+    for spec, section in plan.stages:
+        missing = unset_variables(section)
+        if missing and spec.name in chosen:
+            message = f"stage `{spec.name}` uses unset environment variable(s): {', '.join(sorted(missing))}"
+            if not dry_run:
+                raise ConfigError(message)
+            log.warning("%s (set them before running)", message)
     wired = prepare(plan)
     summary, produced = {}, []
     for spec, settings, key, ctx in wired:

@@ -58,9 +58,17 @@ def check_model_spec(spec: str) -> str:
 
 
 def _validate_training(classes, settings: dict, upstream_paths: list[str]) -> None:
+    import torch
+
     from zephyr.config import parse_config
 
-    parse_config(classes, None, dict(settings))
+    settings = dict(settings)
+    if not torch.cuda.is_available():
+        # Check keys and values, not this machine's hardware: a GPU recipe dry-runs on a laptop too.
+        for key in ("bf16", "fp16", "tf32"):
+            settings.pop(key, None)
+        settings["use_cpu"] = True
+    parse_config(classes, None, settings)
     model = settings.get("model_name_or_path", "smollm2-135m-instruct")
     if not _produced_upstream(model, upstream_paths):
         check_model_spec(model)
