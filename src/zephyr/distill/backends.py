@@ -580,7 +580,12 @@ class VLLMBackend(Backend):
 
     def generate(self, conversations, params: GenerationParams) -> list[list[Generation]]:
         items = [(list(c), params, j) for c in conversations for j in range(params.n)]
-        flat = self._batches(items)
+        try:
+            flat = self._batches(items)
+        except Exception as exc:  # vLLM fails a whole batch at once, so every row in it failed
+            reason = f"vLLM failed: {type(exc).__name__}: {exc}"
+            failures = {i: BackendError(reason, index=i) for i in range(len(conversations))}
+            batch_results([None] * len(conversations), failures)  # raises the first, carrying the rest
         return [flat[i * params.n : (i + 1) * params.n] for i in range(len(conversations))]
 
     def _run_batch(self, items: list) -> list[Generation]:

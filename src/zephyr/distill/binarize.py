@@ -29,17 +29,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zephyr.data import FEATURES, MESSAGES, prompt_id_of
+from zephyr.data import MESSAGES
 from zephyr.distill import cli
-from zephyr.distill.principles import stable_rng
-from zephyr.distill.records import check_schema, source_rows, write_dataset_dir
-from zephyr.distill.rubrics import ASPECTS
+from zephyr.distill.pairing import SCORE_FIELDS, PairRules, pair_rows
+from zephyr.distill.records import source_rows, write_dataset_dir
 from zephyr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen")
-SCORE_FIELDS = ("fine-grained_score", "overall_score", *ASPECTS)
 
 
 def _help(text: str, **kw) -> Any:
@@ -82,92 +80,8 @@ class BinarizeConfig:
             if value is not None and (value < 0 or (value >= 1 and not float(value).is_integer())):
                 raise ConfigError(f"`{key}` must be a fraction below 1 or a whole count; got {value}")
 
-
-# ---- one prompt -------------------------------------------------------------------------------------
-
-
-def completion_score(completion: Any, score_field: str) -> float | None:
-    """A completion's score, or None when it has no valid one. Reads our rows and UltraFeedback's
-    (``fine-grained_score``; ``annotations.<aspect>.Rating`` as a string, "N/A" when unrated)."""
-    if not isinstance(completion, dict):
-        return None
-    if score_field in ASPECTS:
-        return _aspect_rating(completion, score_field)
-    value = completion.get(score_field)
-    if value is None and score_field == "fine-grained_score":
-        ratings = [_aspect_rating(completion, a) for a in (completion.get("annotations") or {})]
-        value = sum(ratings) / len(ratings) if ratings and None not in ratings else None
-    return _number(value)
-
-
-def _aspect_rating(completion: dict, aspect: str) -> float | None:
-    annotation = (completion.get("annotations") or {}).get(aspect)
-    if not isinstance(annotation, dict):
-        return None
-    return _number(annotation.get("rating", annotation.get("Rating")))
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return None  # "N/A"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def prompt_of(row: dict) -> list[dict]:
-    """The prompt messages of a rated row: ``messages`` (ours) or ``prompt``/``instruction`` text."""
-    messages = row.get("messages")
-    if isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages):
-        return [{"role": m["role"], "content": m["content"]} for m in messages]
-    text = row.get("prompt") if isinstance(row.get("prompt"), str) else row.get("instruction")
-    if not isinstance(text, str) or not text.strip():
-        raise DataError("has no prompt (`messages`, `prompt` or `instruction`)", field="prompt")
-    return [{"role": "user", "content": text}]
-
-
-def pair_row(row: dict, cfg: BinarizeConfig) -> tuple[dict | None, str]:
-    """The preference pair of one rated row, or None and the reason it was dropped."""
-    prompt = prompt_of(row)
-    prompt_id = str(row.get("prompt_id") or prompt_id_of(prompt))
-    if row.get("source") in cfg.exclude_sources:
-        return None, "excluded_source"
-    scored = []
-    for c in row.get("completions") or []:
-        score = completion_score(c, cfg.score_field)
-        if score is not None and isinstance(c.get("response"), str) and c["response"].strip():
-            scored.append((score, c["response"]))
-    if len(scored) < 2:
-        return None, "too_few_ratings"
-    best = max(range(len(scored)), key=lambda i: (scored[i][0], -i))  # the first of the top scores
-    top = scored[best][0]
-    candidates = [i for i, (s, _) in enumerate(scored)
-                  if i != best and top - s >= cfg.min_score_gap and (cfg.ties == "keep" or s < top)]
-    if not candidates:
-        return None, "only_ties" if all(s == top for s, _ in scored) else "below_min_score_gap"
-    worse = stable_rng("binarize", cfg.seed, prompt_id).choice(candidates)
-    chosen = prompt + [{"role": "assistant", "content": scored[best][1]}]
-    rejected = prompt + [{"role": "assistant", "content": scored[worse][1]}]
-    pair = {"prompt": prompt[-1]["content"], "prompt_id": prompt_id, "chosen": chosen, "rejected": rejected,
-            "messages": chosen, "score_chosen": top, "score_rejected": scored[worse][0]}
-    return pair, "tie" if scored[worse][0] == top else "pair"
-
-
-def _pair_chunk(args: tuple[list[tuple[dict, Any]], dict]) -> list[tuple[dict | None, str]]:
-    """Worker entry (top level, so spawned processes can import it)."""
-    rows, cfg_fields = args
-    cfg = BinarizeConfig(**cfg_fields)
-    out = []
-    for loc, row in rows:
-        try:
-            check_schema(row, loc)
-            out.append(pair_row(row, cfg))
-        except DataError as err:
-            out.append((None, f"bad_row: {DataError(err.reason, field=err.field, **loc)}"))
-    return out
+    def rules(self) -> PairRules:
+        return PairRules(self.score_field, self.ties, self.min_score_gap, tuple(self.exclude_sources), self.seed)
 
 
 # ---- the stage --------------------------------------------------------------------------------------
@@ -185,13 +99,13 @@ def _read(cfg: BinarizeConfig) -> tuple[list[tuple[dict, Any]], list[str]]:
 
 def make_pairs(rows: list[tuple[dict, Any]], cfg: BinarizeConfig) -> list[tuple[dict | None, str]]:
     """pair_row over every row, in input order, on ``num_proc`` processes."""
-    fields = asdict(cfg)
+    rules = cfg.rules()
     if cfg.num_proc == 1 or len(rows) < 2:
-        return _pair_chunk((rows, fields))
+        return pair_rows((rows, rules))
     size = math.ceil(len(rows) / cfg.num_proc)
-    chunks = [(rows[i : i + size], fields) for i in range(0, len(rows), size)]
+    chunks = [(rows[i : i + size], rules) for i in range(0, len(rows), size)]
     with multiprocessing.get_context("spawn").Pool(cfg.num_proc) as pool:
-        return [result for part in pool.map(_pair_chunk, chunks) for result in part]
+        return [result for part in pool.map(pair_rows, chunks) for result in part]
 
 
 def _split_key(seed: int, prompt_id: str) -> str:
@@ -219,9 +133,11 @@ def build_splits(pairs: list[dict], cfg: BinarizeConfig) -> dict[str, list[dict]
 
 
 def write_splits(splits: dict[str, list[dict]], report: dict, output_dir: Path) -> None:
-    from datasets import Features
+    from datasets import Features, Value
 
-    features = Features({**FEATURES["preference"], "messages": MESSAGES})
+    features = Features({"prompt": Value("string"), "prompt_id": Value("string"), "chosen": MESSAGES,
+                         "rejected": MESSAGES, "messages": MESSAGES, "score_chosen": Value("float64"),
+                         "score_rejected": Value("float64")})
     write_dataset_dir(output_dir, splits, features, "binarize_report.json", report)
 
 

@@ -41,15 +41,17 @@ DEFAULT_DISCLAIMERS = [
     r"computer program|machine learning model|virtual assistant|chatbot)\b",
     r"\bi (?:do not|don't|cannot|can't) (?:have|hold|experience|feel|form|possess) (?:any )?(?:personal |real |"
     r"genuine |human |my own )?(?:feelings|emotions|opinions?|beliefs|preferences|views|consciousness)\b",
-    r"\bi(?:'m| am) (?:not|in)capable of (?:feeling|having|experiencing|forming)\b",
+    r"\bi(?:'m| am) (?:not capable|incapable) of (?:feeling|having|experiencing|forming)\b",
     r"\bi(?:'m| am) not able to (?:feel|have|experience|form) (?:emotions|feelings|opinions|preferences)\b",
     r"\bmy (?:training data|knowledge cut-?off)\b",
 ]
 ABBREVIATIONS = {"e.g", "i.e", "etc", "vs", "cf", "al", "approx", "mr", "mrs", "ms", "dr", "prof", "st", "no", "fig",
                  "inc", "ltd", "jr", "sr", "u.s", "u.k", "a.m", "p.m", "ca", "vol", "ed", "eq"}
 _CODE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`", re.S)
-_SENTENCE_START = re.compile(r"(?<=[.!?])([\"')\]]*)(\s+)([a-z][\w'’-]*)")
-_FIRST_WORD = re.compile(r"^(\s*[\"'(\[]*)([a-z][\w'’-]*)")
+_WORD = r"([a-z]\w*(?:['’][a-z]+)*)"
+_SENTENCE_START = re.compile(r"(?<=[.!?])([\"')\]]*)(\s+)" + _WORD)
+_FIRST_WORD = re.compile(r"^(\s*[\"'(\[]*)" + _WORD)
+_FORMULA_NEXT = re.compile(r"\s*[=(<>+*/^\[{'’]")
 
 
 def _help(text: str, **kw) -> Any:
@@ -84,7 +86,7 @@ class CleanConfig:
     decontaminate_ngram: int = _help("Words per n-gram for decontamination.", default=10)
     dedupe: bool = _help("Remove exact duplicates (ignoring case, spacing and punctuation).", default=True)
     near_dedupe: bool = _help("Remove near-duplicates (MinHash over 5-word shingles).", default=True)
-    near_dup_threshold: float = _help("Estimated Jaccard similarity at which two dialogues are near-duplicates.", default=0.85)
+    near_dup_threshold: float = _help("Estimated Jaccard similarity (of 5-word shingles) at which two dialogues are near-duplicates.", default=0.8)
     dedupe_on: str = _help("What duplicates are judged on: `conversation` or `prompt` (the first user turn).",
                            default="conversation")
     examples: int = _help("Examples per filter kept in the report.", default=5)
@@ -127,27 +129,31 @@ def _truecase_prose(prose: str, first: bool) -> str:
     def fix(m: re.Match) -> str:
         before = prose[: m.start()].rstrip("\"')]")
         previous = before.rsplit(None, 1)[-1] if before.split() else ""
-        if _no_sentence_end(previous, m.group(3)):
+        if _no_sentence_end(previous) or _deliberate(m.group(3), prose[m.end() :]):
             return m.group(0)
         return m.group(1) + m.group(2) + m.group(3)[0].upper() + m.group(3)[1:]
 
+    def fix_first(m: re.Match) -> str:
+        if _deliberate(m.group(2), prose[m.end() :]):
+            return m.group(0)
+        return m.group(1) + m.group(2)[0].upper() + m.group(2)[1:]
+
     fixed = _SENTENCE_START.sub(fix, prose)
-    if first:
-        fixed = _FIRST_WORD.sub(lambda m: m.group(0) if _identifier(m.group(2)) else
-                                m.group(1) + m.group(2)[0].upper() + m.group(2)[1:], fixed, count=1)
-    return fixed
+    return _FIRST_WORD.sub(fix_first, fixed, count=1) if first else fixed
 
 
-def _no_sentence_end(previous: str, following: str) -> bool:
-    """Whether the period before ``following`` ends an abbreviation, initial, number or ellipsis rather than a sentence."""
+def _no_sentence_end(previous: str) -> bool:
+    """Whether a period ends an abbreviation, initial, number, ellipsis or address rather than a sentence."""
     word = previous.lower().rstrip(".!?")
-    return (word in ABBREVIATIONS or previous.endswith("..") or len(word) == 1 or word.replace(".", "").isdigit()
-            or not previous or _identifier(following) or bool(re.search(r"[/@:]|\w\.\w", previous)))
+    return (not previous or word in ABBREVIATIONS or previous.endswith("..") or len(word) == 1
+            or word.replace(".", "").isdigit() or bool(re.search(r"[/@:]|\w\.\w", previous)))
 
 
-def _identifier(word: str) -> bool:
-    """Words whose lower-case start is deliberate: iPhone, eBay, snake_case, x86, file.txt..."""
-    return any(ch.isupper() or ch.isdigit() for ch in word[1:]) or "_" in word or "." in word
+def _deliberate(word: str, after: str) -> bool:
+    """Whether a lower-case start is on purpose: iPhone, eBay, snake_case, x86, file.txt, or a variable
+    or function in a formula (``x = 5``, ``f(x)``, ``f'(x)``)."""
+    return (any(ch.isupper() or ch.isdigit() for ch in word[1:]) or "_" in word or after.startswith(".")
+            or (len(word) == 1 and word not in "ai") or bool(_FORMULA_NEXT.match(after)))
 
 
 def truecase_messages(messages: list[dict], roles: list[str]) -> tuple[list[dict], int]:

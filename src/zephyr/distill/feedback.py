@@ -27,6 +27,7 @@ from zephyr.distill.rubrics import (
     aspect_messages,
     critique_messages,
     critique_repair_messages,
+    instruction_text,
     repair_messages,
 )
 from zephyr.distill.runner import StageResult, run_stage
@@ -106,16 +107,16 @@ def shown_order(seed: int, prompt_id: str, aspect: str, n: int) -> list[int]:
 
 def judge_prompt(cfg: FeedbackConfig, judge: Backend, record: PromptRecord) -> tuple[PromptRecord, int]:
     """Rate every completion of one prompt on every aspect (and critique it, if asked)."""
-    n = len(record.completions)
+    n, instruction = len(record.completions), instruction_text(record.messages)
     requests = []
     for aspect in cfg.aspects:
         order = shown_order(cfg.seed, record.prompt_id, aspect, n)
         texts = [record.completions[i].response for i in order]
-        requests.append(_Request(aspect, order, aspect_messages(aspect, record.prompt, texts, cfg.rationale)))
+        requests.append(_Request(aspect, order, aspect_messages(aspect, instruction, texts, cfg.rationale)))
     tokens = _ask(judge, requests, cfg.max_tokens, cfg.seed, _read_aspect)
     critiques = []
     if cfg.critique:
-        critiques = [_Request("critique", [i], critique_messages(record.prompt, c.response))
+        critiques = [_Request("critique", [i], critique_messages(instruction, c.response))
                      for i, c in enumerate(record.completions)]
         tokens += _ask(judge, critiques, cfg.critique_max_tokens, cfg.seed, _read_critique)
     _annotate(cfg, record, requests, critiques)

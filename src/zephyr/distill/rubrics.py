@@ -106,6 +106,14 @@ def format_block(rubric: Rubric, n: int, rationale: bool) -> str:
             f"Text <number>\n{fields}")
 
 
+def instruction_text(messages: list[dict]) -> str:
+    """What the judge sees as the instruction: the user turn itself, or for a longer prompt the whole
+    exchange written out, so a reply can be judged against everything it answers."""
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+
+
 def aspect_prompt(aspect: str, instruction: str, texts: list[str], rationale: bool = True) -> str:
     """The user message asking for one aspect's ratings of every text."""
     rubric = RUBRICS[aspect]

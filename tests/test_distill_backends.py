@@ -1,0 +1,354 @@
+"""Generation backends: local transformers, and the OpenAI-compatible client against a real `zephyr serve`
+on 127.0.0.1 serving the tiny model. Faults (500, 429, timeouts, garbage, dropped connections) come from
+``FaultProxy``, which sits in front of the real server and passes through whatever it does not break."""
+
+from __future__ import annotations
+
+import http.server
+import importlib.util
+import json
+import socket
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from zephyr.distill.backends import (
+    Backend,
+    BackendError,
+    BackendPool,
+    Coalescer,
+    GenerationParams,
+    OpenAIBackend,
+    make_backend,
+    parse_spec,
+)
+from zephyr.errors import ConfigError
+
+SEEDED = GenerationParams(temperature=1.0, max_tokens=10, seed=7)
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello there"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour " * 6}],
+    [{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Because."}, {"role": "user", "content": "Ok"}],
+]
+
+
+# ---- shared fixtures (imported by the other test_distill_* modules) ----------------------------------
+
+
+class FaultProxy:
+    """An HTTP proxy on 127.0.0.1 that forwards to ``upstream`` unless ``plan`` says to fail.
+
+    ``plan(body, attempt)`` gets the request JSON and how many times a request with that body has been
+    seen (1 for the first) and returns "pass", "500", "503", "429", "400", "hang", "garbage", "truncated"
+    or "drop". ``attempts[key]`` counts requests per last user message; ``max_in_flight`` is the most
+    requests it held at once.
+    """
+
+    def __init__(self, upstream: str, plan=None, hang_seconds: float = 3.0, delay: float = 0.0):
+        self.upstream, self.plan, self.hang, self.delay = upstream, plan or (lambda body, attempt: "pass"), hang_seconds, delay
+        self.attempts: dict[str, int] = {}
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy.handle(self, body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def handle(self, handler, body: bytes) -> None:
+        request = json.loads(body)
+        key = request["messages"][-1]["content"]
+        with self.lock:
+            self.attempts[key] = self.attempts.get(key, 0) + 1
+            attempt = self.attempts[key]
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(self.delay)
+            self.act(handler, self.plan(request, attempt), body)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def act(self, handler, action: str, body: bytes) -> None:
+        if action == "pass":
+            return self.forward(handler, body)
+        if action == "hang":
+            time.sleep(self.hang)
+            return handler.close_connection or None
+        if action == "drop":
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        status, payload, headers = {
+            "500": (500, b'{"error": {"message": "boom"}}', {}),
+            "503": (503, b"<html>overloaded</html>", {}),
+            "429": (429, b'{"error": {"message": "slow down"}}', {"Retry-After": "0"}),
+            "400": (400, b'{"error": {"message": "bad request: no"}}', {}),
+            "garbage": (200, b"<html>this is not JSON</html>", {}),
+            "truncated": (200, b'{"choices": [{"message": {"content": null}}]}', {}),
+        }[action]
+        self.reply(handler, status, payload, headers)
+
+    def forward(self, handler, body: bytes) -> None:
+        headers = {"Content-Type": "application/json"}
+        if auth := handler.headers.get("Authorization"):
+            headers["Authorization"] = auth
+        request = urllib.request.Request(self.upstream + "/chat/completions", data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=120) as r:
+                self.reply(handler, r.status, r.read(), {})
+        except urllib.error.HTTPError as exc:
+            self.reply(handler, exc.code, exc.read(), {})
+
+    @staticmethod
+    def reply(handler, status: int, payload: bytes, headers: dict) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        for k, v in headers.items():
+            handler.send_header(k, v)
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+    def __enter__(self) -> FaultProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def fast_retries(url: str, **kw) -> dict:
+    """An openai backend spec with short timeouts and backoff, for fault tests."""
+    return {"type": "openai", "model": "tiny", "base_url": url, "timeout": 1.0, "max_retries": 2,
+            "backoff": 0.01, "max_backoff": 0.05, "concurrency": 4, **kw}
+
+
+@pytest.fixture(scope="module")
+def serve_engine(tiny_model_dir):
+    from zephyr.serve.engine import Engine
+
+    with Engine.from_spec(str(tiny_model_dir), max_batch_size=16) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def served(serve_engine):
+    """`zephyr serve`'s app on the tiny model, on a free loopback port; yields its /v1 URL."""
+    from zephyr.serve.server import ServerThread, create_app
+
+    with ServerThread(create_app(serve_engine, "tiny")) as server:
+        yield server.url + "/v1"
+
+
+@pytest.fixture(scope="module")
+def local(tiny_model_dir):
+    with make_backend({"model": str(tiny_model_dir), "max_batch_size": 16}) as backend:
+        yield backend
+
+
+# ---- specs and parameters ---------------------------------------------------------------------------
+
+
+def test_generation_params_are_checked():
+    assert GenerationParams(stop="###").stop == ("###",)
+    assert GenerationParams(seed=5).seed_of(2) == 7 and GenerationParams().seed_of(1) is None
+    for bad in ({"temperature": -1}, {"top_p": 0}, {"max_tokens": 0}, {"n": 0}):
+        with pytest.raises(ConfigError, match=f"`{next(iter(bad))}`"):
+            GenerationParams(**bad)
+
+
+def test_backend_specs_parse_with_clear_errors():
+    spec = parse_spec("smollm2-135m-instruct")
+    assert (spec.type, spec.model, spec.model_id) == ("local", "smollm2-135m-instruct", "smollm2-135m-instruct")
+    assert parse_spec({"model": "m", "base_url": "http://127.0.0.1:1/v1"}).type == "openai"
+    assert parse_spec({"model": "/ckpts/run-3/", "name": "mine"}).model_id == "mine"
+    assert parse_spec({"model": "/ckpts/run-3/"}).model_id == "run-3"
+    with pytest.raises(ConfigError, match="did you mean `concurrency`"):
+        parse_spec({"model": "m", "concurency": 3})
+    with pytest.raises(ConfigError, match="local, openai or vllm"):
+        parse_spec({"model": "m", "type": "tgi"})
+    with pytest.raises(ConfigError, match="needs `model`"):
+        parse_spec({"type": "openai"})
+    with pytest.raises(ConfigError, match="`timeout` must be positive"):
+        parse_spec({"model": "m", "timeout": 0})
+    with pytest.raises(ConfigError, match="http"):
+        OpenAIBackend(parse_spec({"model": "m", "base_url": "127.0.0.1:8000"}))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_backend_without_vllm_says_how_to_get_it():
+    with pytest.raises(BackendError, match="pip install vllm") as info:
+        make_backend({"type": "vllm", "model": "smollm2-135m-instruct"})
+    assert "type: openai" in str(info.value)
+
+
+# ---- local ------------------------------------------------------------------------------------------
+
+
+def test_local_backend_batches_reproducibly(local):
+    batched = local.generate(CONVERSATIONS, GenerationParams(temperature=1.0, max_tokens=10, seed=7, n=2))
+    assert [len(g) for g in batched] == [2, 2, 2]
+    alone = [local.generate([c], SEEDED)[0][0] for c in CONVERSATIONS]
+    for row, single in zip(batched, alone, strict=True):
+        assert row[0] == single  # choice 0 of n=2 uses the same seed as a lone request
+        assert row[0].text != row[1].text  # choice 1 uses seed + 1
+        assert single.finish_reason in ("stop", "length") and single.prompt_tokens > 0
+        assert single.completion_tokens == 10 or single.finish_reason == "stop"
+
+
+def test_local_backend_stops_at_stop_strings(local):
+    params = GenerationParams(temperature=1.0, max_tokens=24, seed=3)
+    full = local.generate([CONVERSATIONS[0]], params)[0][0]
+    assert full.finish_reason == "length" and len(full.text) > 12
+    stop = full.text[8:12]
+    cut = local.generate([CONVERSATIONS[0]], GenerationParams(temperature=1.0, max_tokens=24, seed=3, stop=(stop,)))[0][0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.index(stop)]
+
+
+def test_local_backend_fails_only_the_row_that_does_not_fit(local):
+    huge = [{"role": "user", "content": "word " * 5000}]
+    with pytest.raises(BackendError, match="context holds") as info:
+        local.generate([CONVERSATIONS[0], huge], SEEDED)
+    err = info.value
+    assert err.index == 1 and list(err.failures) == [1]
+    assert err.results[0][0].text and err.results[1] is None
+
+
+# ---- OpenAI-compatible, against zephyr serve --------------------------------------------------------
+
+
+def test_openai_backend_against_zephyr_serve_matches_local(served, local):
+    with make_backend({"type": "openai", "model": "tiny", "base_url": served}) as remote:
+        params = GenerationParams(temperature=1.0, max_tokens=10, seed=7, n=2)
+        assert remote.generate(CONVERSATIONS, params) == local.generate(CONVERSATIONS, params)
+        greedy = GenerationParams(max_tokens=6)
+        assert remote.generate(CONVERSATIONS[:1], greedy) == local.generate(CONVERSATIONS[:1], greedy)
+
+
+def test_openai_backend_api_key_from_named_env_var(serve_engine, monkeypatch):
+    from zephyr.serve.server import ServerThread, create_app
+
+    with ServerThread(create_app(serve_engine, "tiny", api_key="sekrit")) as server:
+        url = server.url + "/v1"
+        monkeypatch.setenv("TEST_ZEPHYR_KEY", "sekrit")
+        with make_backend({"type": "openai", "model": "tiny", "base_url": url, "api_key_env": "TEST_ZEPHYR_KEY"}) as b:
+            assert b.generate(CONVERSATIONS[:1], GenerationParams(max_tokens=3))[0][0].completion_tokens > 0
+        monkeypatch.setenv("TEST_ZEPHYR_KEY", "wrong")
+        with make_backend(fast_retries(url, api_key_env="TEST_ZEPHYR_KEY")) as b:
+            with pytest.raises(BackendError, match=r"HTTP 401.*\$TEST_ZEPHYR_KEY") as info:
+                b.generate(CONVERSATIONS[:1], GenerationParams(max_tokens=3))
+            assert info.value.attempts == 1 and not info.value.retryable  # a refusal is not retried
+        monkeypatch.delenv("TEST_ZEPHYR_KEY")
+        with pytest.raises(BackendError, match="TEST_ZEPHYR_KEY, which is not set"):
+            make_backend(fast_retries(url, api_key_env="TEST_ZEPHYR_KEY"))
+
+
+@pytest.mark.parametrize("fault", ["500", "503", "429", "garbage", "truncated", "drop", "hang"])
+def test_openai_backend_retries_transient_faults_then_succeeds(served, fault):
+    plan = lambda body, attempt: fault if attempt <= 2 else "pass"  # noqa: E731
+    with FaultProxy(served, plan, hang_seconds=2.0) as proxy:
+        with make_backend(fast_retries(proxy.url)) as backend:
+            out = backend.generate(CONVERSATIONS[:1], GenerationParams(max_tokens=4))
+    assert out[0][0].completion_tokens > 0
+    assert proxy.attempts["Hello there"] == 3
+
+
+@pytest.mark.parametrize("fault,reason", [("500", "HTTP 500"), ("garbage", "unreadable reply"), ("hang", "timed out"),
+                                          ("drop", "connection failed")])
+def test_openai_backend_gives_up_after_max_retries(served, fault, reason):
+    with FaultProxy(served, lambda body, attempt: fault, hang_seconds=2.0) as proxy:
+        with make_backend(fast_retries(proxy.url, max_retries=1)) as backend:
+            with pytest.raises(BackendError, match=reason) as info:
+                backend.generate(CONVERSATIONS[:1], GenerationParams(max_tokens=4))
+    assert info.value.attempts == 2 and info.value.retryable and info.value.index == 0
+    assert proxy.attempts["Hello there"] == 2
+
+
+def test_openai_backend_does_not_retry_a_bad_request(served):
+    with FaultProxy(served, lambda body, attempt: "400") as proxy, make_backend(fast_retries(proxy.url)) as backend:
+        with pytest.raises(BackendError, match="HTTP 400.*bad request: no"):
+            backend.generate(CONVERSATIONS[:1], GenerationParams(max_tokens=4))
+    assert proxy.attempts["Hello there"] == 1
+
+
+def test_openai_backend_reports_the_failing_row_and_keeps_the_others(served):
+    plan = lambda body, attempt: "500" if body["messages"][-1]["content"] == "Why?" else "pass"  # noqa: E731
+    conversations = [CONVERSATIONS[0], [{"role": "user", "content": "Why?"}], CONVERSATIONS[1]]
+    with FaultProxy(served, plan) as proxy, make_backend(fast_retries(proxy.url)) as backend:
+        with pytest.raises(BackendError) as info:
+            backend.generate(conversations, GenerationParams(max_tokens=4))
+    err = info.value
+    assert err.index == 1 and str(err).startswith("row 1:")
+    assert err.results[1] is None and err.results[0][0].text is not None and err.results[2][0].completion_tokens > 0
+
+
+def test_openai_backend_bounds_concurrency(served):
+    conversations = [[{"role": "user", "content": f"question {i}"}] for i in range(6)]
+    with FaultProxy(served, delay=0.3) as proxy, make_backend(fast_retries(proxy.url, concurrency=2, timeout=30)) as b:
+        out = b.generate(conversations, GenerationParams(max_tokens=2))
+    assert len(out) == 6 and proxy.max_in_flight == 2
+
+
+def test_connection_refused_is_retried_then_reported():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens once the socket is closed
+    with make_backend(fast_retries(f"http://127.0.0.1:{port}/v1", max_retries=2)) as backend:
+        started = time.monotonic()
+        with pytest.raises(BackendError, match="connection failed.*Refused") as info:
+            backend.generate(CONVERSATIONS[:1], GenerationParams(max_tokens=4))
+    assert info.value.attempts == 3 and time.monotonic() - started < 5
+
+
+# ---- sharing and batching ---------------------------------------------------------------------------
+
+
+def test_backend_pool_shares_one_backend_per_spec(served):
+    with BackendPool() as pool:
+        a = pool.get({"type": "openai", "model": "tiny", "base_url": served})
+        b = pool.get({"model": "tiny", "base_url": served})  # the same spec once defaults are filled in
+        c = pool.get({"type": "openai", "model": "tiny", "base_url": served, "timeout": 5})
+    assert a is b and a is not c and isinstance(a, Backend)
+
+
+def test_coalescer_merges_concurrent_calls_into_one_batch():
+    release, sizes = threading.Event(), []
+
+    def run_batch(items):
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            release.wait(5)  # hold the first batch until the other callers are queued
+        return [x * 10 for x in items]
+
+    coalesce = Coalescer(run_batch)
+    results = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, coalesce([i, i + 100]))) for i in range(6)]
+    threads[0].start()
+    time.sleep(0.2)
+    for t in threads[1:]:
+        t.start()
+    time.sleep(0.3)
+    release.set()
+    for t in threads:
+        t.join(5)
+    coalesce.close()
+    assert results == {i: [i * 10, (i + 100) * 10] for i in range(6)}
+    assert sizes == [2, 10]
+
