@@ -187,12 +187,12 @@ def plot_training(curves: list[Curves], metric: str, title: str, path: Path) -> 
     fig = _figure()
     ax = fig.add_subplot()
     drawn = False
-    for c in curves:
+    for i, c in enumerate(curves):
         for key, style in ((metric, "-"), (f"eval_{metric}", "--")):
             points = c.series.get(key)
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, style, marker="o" if len(xs) < 30 else None, markersize=3,
+                ax.plot(xs, ys, style, color=f"C{i}", marker="o" if len(xs) < 30 else None, markersize=3,
                         label=f"{c.stage} ({'eval' if key.startswith('eval_') else 'train'})")
                 drawn = True
     if not drawn:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zephyr.errors import ConfigError, DataError, ZephyrError
+from zephyr.errors import ConfigError, DataError
 from zephyr.evaluate.records import read_jsonl
 from zephyr.evaluate.runner import DEFAULT_CONCURRENCY, run_jobs
 
@@ -38,10 +38,6 @@ TIE_DELTA = 0.1  # two ratings this close are a tie (FastChat's pair-v1 rule)
 OUTPUT_FORMATS = {"single": ("[[rating]]",), "pairwise": ("[[A]]", "[[rating_a,rating_b]]")}
 
 JUDGE_MAX_TOKENS = 2048  # FastChat's judge budget
-
-
-class JudgingInterrupted(ZephyrError):
-    """The judge backend failed mid-run; what was finished is saved and a rerun resumes from there."""
 
 
 # --- prompts ------------------------------------------------------------------------------------------
@@ -182,8 +178,8 @@ def run_tasks(backend: Backend, tasks: Sequence[JudgeTask], save: Callable[[dict
               max_tokens: int = JUDGE_MAX_TOKENS, concurrency: int = DEFAULT_CONCURRENCY,
               desc: str = "judge") -> list[dict]:
     """Judge every task at temperature 0, many at once, calling ``save`` with each record as soon as it is
-    made. A backend failure raises JudgingInterrupted after every finished record has been saved."""
-    from zephyr.distill.backends import BackendError, GenerationParams
+    made. A backend failure raises RunInterrupted after every finished record has been saved."""
+    from zephyr.distill.backends import GenerationParams
 
     params = GenerationParams(temperature=0.0, max_tokens=max_tokens)
     records: list[dict] = []
@@ -195,13 +191,7 @@ def run_tasks(backend: Backend, tasks: Sequence[JudgeTask], save: Callable[[dict
         save(record)
         records.append(record)
 
-    try:
-        run_jobs([job(t) for t in tasks], keep, concurrency=concurrency, desc=desc, unit="judgment")
-    except BackendError as exc:
-        raise JudgingInterrupted(
-            f"the judge `{backend.name}` failed after {len(records)} of {len(tasks)} judgment(s) were saved: {exc}. "
-            "Finished judgments are kept; rerun the same command to resume."
-        ) from exc
+    run_jobs([job(t) for t in tasks], keep, concurrency=concurrency, desc=desc, unit="judgment")
     return records
 
 

@@ -228,13 +228,9 @@ def _sort_key(qid) -> tuple:
 # --- judge matches ------------------------------------------------------------------------------------
 
 
-def _judge_name(prompt, judge: str) -> list[str]:
-    return [judge, prompt.name]
-
-
 def single_tasks(questions: Sequence[Question], answers: dict[str, dict], prompts: PromptSet, references: dict | None,
-                 judge: str, done: set) -> list[JudgeTask]:
-    """One task per (model, question, turn) not in ``done``; turn 2 only for two-turn questions."""
+                 judge: str) -> list[JudgeTask]:
+    """One task per (model, question, turn); turn 2 only for two-turn questions (as FastChat)."""
     tasks = []
     for model, model_answers in answers.items():
         for q in questions:
@@ -242,8 +238,6 @@ def single_tasks(questions: Sequence[Question], answers: dict[str, dict], prompt
             for turn in (1, 2) if len(q.turns) == 2 else (1,):
                 prompt = prompts.pick("single", ref is not None, turn == 2)
                 key = (q.question_id, model, judge, prompt.name, turn)
-                if key in done:
-                    continue
                 user = prompt.render(**_single_values(q, answer_turns(model_answers[q.question_id]), ref, turn))
                 tasks.append(JudgeTask(key, [prompt.conversation(user)], _single_builder(key, user, prompt)))
     return tasks
@@ -265,7 +259,7 @@ def _single_builder(key: tuple, user_prompt: str, prompt):
     qid, model, judge, _, turn = key
 
     def build(replies: list[str]) -> dict:
-        return {"question_id": qid, "model": model, "judge": _judge_name(prompt, judge), "user_prompt": user_prompt,
+        return {"question_id": qid, "model": model, "judge": [judge, prompt.name], "user_prompt": user_prompt,
                 "judgment": replies[0], "score": parse_rating(replies[0]), "turn": turn, "tstamp": time.time()}
 
     return build
@@ -277,7 +271,7 @@ def single_key(record: dict) -> tuple:
 
 
 def pair_tasks(questions: Sequence[Question], pairs: Sequence[tuple[str, str]], answers: dict[str, dict],
-               prompts: PromptSet, references: dict | None, judge: str, done: set) -> list[JudgeTask]:
+               prompts: PromptSet, references: dict | None, judge: str) -> list[JudgeTask]:
     """One task per (model pair, question, turn): two judge games, the second with positions swapped."""
     tasks = []
     for m1, m2 in pairs:
@@ -286,8 +280,6 @@ def pair_tasks(questions: Sequence[Question], pairs: Sequence[tuple[str, str]], 
             for turn in (1, 2) if len(q.turns) == 2 else (1,):
                 prompt = prompts.pick("pairwise", ref is not None, turn == 2)
                 key = (q.question_id, m1, m2, judge, prompt.name, turn)
-                if key in done:
-                    continue
                 a1, a2 = answer_turns(answers[m1][q.question_id]), answer_turns(answers[m2][q.question_id])
                 g1 = prompt.render(**_pair_values(q, a1, a2, ref, turn))
                 g2 = prompt.render(**_pair_values(q, a2, a1, ref, turn))
@@ -313,7 +305,7 @@ def _pair_builder(key: tuple, g1_prompt: str, g2_prompt: str, prompt):
         g1 = parse_verdict(replies[0], prompt.output_format)
         g2 = parse_verdict(replies[1], prompt.output_format)
         return {"question_id": qid, "model_1": m1, "model_2": m2, "g1_winner": g1_map.get(g1, g1),
-                "g2_winner": g2_map.get(g2, g2), "judge": _judge_name(prompt, judge), "g1_user_prompt": g1_prompt,
+                "g2_winner": g2_map.get(g2, g2), "judge": [judge, prompt.name], "g1_user_prompt": g1_prompt,
                 "g1_judgment": replies[0], "g2_user_prompt": g2_prompt, "g2_judgment": replies[1], "turn": turn,
                 "tstamp": time.time()}  # fmt: skip
 

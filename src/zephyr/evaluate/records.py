@@ -66,18 +66,25 @@ def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if not text:
         return
+    _drop_torn_tail(path)
     with open(path, "a", encoding="utf-8") as f:
-        if f.tell() and not _ends_with_newline(path):
-            f.write("\n")  # never glue a record onto a torn line left by a crash
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as f:
+def _drop_torn_tail(path: Path) -> None:
+    """Cut off a last line with no newline: a record a crash left half-written, which was never finished."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
         f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        keep = f.read().rfind(b"\n") + 1
+        log.warning("%s: dropping an incomplete last record left by an interrupted run", path)
+        f.truncate(keep)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -16,9 +16,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import TypeVar
 
+from zephyr.errors import ZephyrError
+
 T = TypeVar("T")
 
 DEFAULT_CONCURRENCY = 32
+
+
+class RunInterrupted(ZephyrError):
+    """The backend failed mid-run; every finished result was saved, so rerunning resumes from there."""
 
 
 def run_jobs(jobs: Sequence[Callable[[], T]], on_done: Callable[[int, T], None], *,
@@ -26,14 +32,18 @@ def run_jobs(jobs: Sequence[Callable[[], T]], on_done: Callable[[int, T], None],
     """Run ``jobs`` on up to ``concurrency`` threads; call ``on_done(index, result)`` for each as it finishes.
 
     The first job to raise stops the run: jobs not yet started are cancelled, the ones in flight are
-    waited for and their results still delivered, then the error is raised.
+    waited for and their results still delivered, then the error is raised (a backend failure as
+    RunInterrupted, which says how much was saved).
     """
     from tqdm.auto import tqdm
+
+    from zephyr.distill.backends import BackendError
 
     if not jobs:
         return
     pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(jobs))), thread_name_prefix="zephyr-eval")
     error: BaseException | None = None
+    finished = 0
     with tqdm(total=len(jobs), desc=desc, unit=unit) as bar:
         try:
             pending = {pool.submit(job): i for i, job in enumerate(jobs)}
@@ -50,10 +60,16 @@ def run_jobs(jobs: Sequence[Callable[[], T]], on_done: Callable[[int, T], None],
                                 other.cancel()
                         continue
                     on_done(index, future.result())
+                    finished += 1
                     bar.update()
         except BaseException:  # Ctrl-C or a failing on_done: do not wait for jobs still running
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     pool.shutdown(wait=True)
+    if isinstance(error, BackendError):
+        raise RunInterrupted(
+            f"{desc or 'run'}: the backend failed after {finished} of {len(jobs)} {unit}(s) were saved: {error}. "
+            f"Finished {unit}s are kept; rerun the same command to resume."
+        ) from error
     if error is not None:
         raise error

@@ -45,8 +45,9 @@ class BackendSettings:
 
     model: str | None = _help(
         "The model to evaluate: a model spec (hub id, checkpoint dir, .gguf file, smollm2-135m-instruct), the "
-        "name a server serves (with --model-base-url), or a JSON backend spec. Omit it to judge or score "
-        "existing outputs.", default=None)
+        "name a server serves (with --model-base-url), or a JSON backend spec such as "
+        "'{\"model\": \"smollm2-135m-instruct\", \"threads\": 1}' (see zephyr.distill.backends.BackendSpec). "
+        "Omit it to judge or score existing outputs.", default=None)
     model_base_url: str | None = _help("Generate through this OpenAI-compatible endpoint (ending in /v1).", default=None)
     model_name: str | None = _help("Name recorded in output files. Default: the model spec's last path part.",
                                    default=None)
@@ -143,6 +144,9 @@ def mt_bench(s: MTBenchSettings) -> dict:
     """Answer (with --model), judge (with --judge) and score; returns and writes results.json."""
     if s.judgments:
         return score_judgments(s.judgments, s.questions, s.baseline_model if s.mode != "pairwise-all" else None)
+    if not (s.model or s.judge):
+        raise ConfigError("Nothing to do: give --model to answer the questions, --judge to grade the answers in "
+                          "--output-dir, or --judgments FILE to score existing judgments")  # fmt: skip
     out = Path(s.output_dir)
     questions = mtb.load_questions(s.questions or BUILTIN_QUESTIONS)
     references = _references(s, questions)
@@ -218,20 +222,25 @@ def _models(s: MTBenchSettings, answers: dict, answered: str | None) -> list[str
     return sorted(models)
 
 
-def _judge_single(s, judge, questions, answers, models, prompts, references, out: Path) -> dict:
-    path = out / "model_judgment" / f"{safe_name(judge.name)}_single.jsonl"
-    existing = mtb.load_judgments(path, "single") if path.is_file() else []
-    done = {mtb.single_key(r) for r in existing}
-    tasks = mtb.single_tasks(questions, {m: answers[m] for m in models}, prompts, references, judge.name, set())
+def _judgments(s: MTBenchSettings, judge, tasks: list, path: Path, kind: str) -> list[dict]:
+    """Every task's judgment record: those already in ``path`` are reused, the rest are made now and appended."""
+    key = mtb.single_key if kind == "single" else mtb.pair_key
+    existing = mtb.load_judgments(path, kind) if path.is_file() else []
+    done = {key(r) for r in existing}
     todo = [t for t in tasks if t.key not in done]
     if done and todo:
         log.info("%s: %d judgment(s) already made; making the other %d", path, len(tasks) - len(todo), len(todo))
     new = run_tasks(judge, todo, lambda r: append_jsonl(path, [r]), max_tokens=s.judge_max_tokens,
                     concurrency=s.concurrency, desc=f"judge ({judge.name})")  # fmt: skip
     wanted = {t.key for t in tasks}
-    records = [r for r in existing + new if mtb.single_key(r) in wanted]
-    categories = {q.question_id: q.category for q in questions}
-    summary = summarize_single(records, categories)
+    return list({key(r): r for r in existing + new if key(r) in wanted}.values())
+
+
+def _judge_single(s, judge, questions, answers, models, prompts, references, out: Path) -> dict:
+    path = out / "model_judgment" / f"{safe_name(judge.name)}_single.jsonl"
+    tasks = mtb.single_tasks(questions, {m: answers[m] for m in models}, prompts, references, judge.name)
+    records = _judgments(s, judge, tasks, path, "single")
+    summary = summarize_single(records, {q.question_id: q.category for q in questions})
     return {"mode": "single", "judge": judge.name, "judgment_file": str(path), "judge_file_stem": path.stem,
             "models": {m: summary[m].as_dict() for m in models if m in summary}}  # fmt: skip
 
@@ -242,19 +251,15 @@ def _judge_pairwise(s, judge, questions, answers, models, prompts, references, o
     pairs = [(m, baseline) for m in models] if baseline else list(combinations(models, 2))
     if not pairs:
         raise ConfigError("pairwise-all needs answers from at least two models")
-    existing = mtb.load_judgments(path, "pairwise") if path.is_file() else []
-    done = {mtb.pair_key(r) for r in existing}
-    tasks = mtb.pair_tasks(questions, pairs, answers, prompts, references, judge.name, set())
-    todo = [t for t in tasks if t.key not in done]
-    new = run_tasks(judge, todo, lambda r: append_jsonl(path, [r]), max_tokens=s.judge_max_tokens,
-                    concurrency=s.concurrency, desc=f"judge pairs ({judge.name})")  # fmt: skip
-    wanted = {t.key for t in tasks}
-    records = [r for r in existing + new if mtb.pair_key(r) in wanted]
-    errors = sum("error" in (r["g1_winner"], r["g2_winner"]) for r in records)
-    summary = summarize_pairwise(records, baseline)
+    tasks = mtb.pair_tasks(questions, pairs, answers, prompts, references, judge.name)
+    records = _judgments(s, judge, tasks, path, "pairwise")
     return {"mode": s.mode, "judge": judge.name, "baseline": baseline, "judgment_file": str(path),
-            "judge_file_stem": path.stem, "n_errors": errors,
-            "models": {m: p.as_dict() for m, p in summary.items()}}  # fmt: skip
+            "judge_file_stem": path.stem, **_pair_summary(records, baseline)}  # fmt: skip
+
+
+def _pair_summary(records: list[dict], baseline: str | None) -> dict:
+    errors = sum("error" in (r["g1_winner"], r["g2_winner"]) for r in records)
+    return {"n_errors": errors, "models": {m: p.as_dict() for m, p in summarize_pairwise(records, baseline).items()}}
 
 
 def score_judgments(path: str, questions: str | None, baseline: str | None) -> dict:
@@ -267,10 +272,8 @@ def score_judgments(path: str, questions: str | None, baseline: str | None) -> d
         records = mtb.load_judgments(path, "pairwise")
         involved = {m for r in records for m in (r["model_1"], r["model_2"])}
         baseline = baseline if baseline in involved else None
-        errors = sum("error" in (r["g1_winner"], r["g2_winner"]) for r in records)
-        summary = summarize_pairwise(records, baseline)
-        return {"mode": "pairwise", "baseline": baseline, "judgment_file": str(path), "n_errors": errors,
-                "models": {m: p.as_dict() for m, p in summary.items()}}  # fmt: skip
+        return {"mode": "pairwise", "baseline": baseline, "judgment_file": str(path),
+                **_pair_summary(records, baseline)}  # fmt: skip
     question_file = Path(questions) if questions else path.parent.parent / "question.jsonl"
     categories = None
     if question_file.is_file():

@@ -1,0 +1,59 @@
+"""A scripted generation backend for the evaluation tests (imported by the other test_eval_* modules).
+
+``ScriptedBackend`` implements the Backend interface deterministically: each conversation's reply comes
+from a function of the conversation and the sampling params, every call is recorded (thread-safe: the
+evaluation runner calls from many threads), and it can be told to fail for good after N generations,
+as a backend whose endpoint goes down mid-run would.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from zephyr.distill.backends import Backend, BackendError, Generation, GenerationParams
+
+
+class ScriptedBackend(Backend):
+    def __init__(self, name: str, reply: Callable[[list[dict], GenerationParams], str], fail_after: int | None = None):
+        self.name = name
+        self.reply = reply
+        self.fail_after = fail_after
+        self.calls: list[tuple[list[dict], GenerationParams]] = []
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def generate(self, conversations, params):
+        out = []
+        for i, conversation in enumerate(conversations):
+            with self._lock:
+                if self.fail_after is not None and len(self.calls) >= self.fail_after:
+                    raise BackendError("scripted outage: the endpoint stopped answering", index=i, retryable=True)
+                self.calls.append(([dict(m) for m in conversation], params))
+            out.append([Generation(self.reply(conversation, params), "stop", 1, 1)])
+        return out
+
+    def close(self):
+        self.closed = True
+
+    def user_prompts(self) -> list[str]:
+        return [c[-1]["content"] for c, _ in self.calls]
+
+
+def use_backends(monkeypatch, **backends: ScriptedBackend) -> None:
+    """Make the evaluation stages open ``backends[spec model]`` instead of loading anything."""
+    from zephyr.evaluate import stages
+
+    monkeypatch.setattr(stages, "_open", lambda spec: backends[spec["model"]])
+
+
+def test_scripted_backend_records_calls_and_fails_on_cue():
+    backend = ScriptedBackend("b", lambda c, p: c[-1]["content"].upper(), fail_after=2)
+    params = GenerationParams()
+    assert backend.generate([[{"role": "user", "content": "hi"}]], params)[0][0].text == "HI"
+    backend.generate([[{"role": "user", "content": "x"}]], params)
+    with pytest.raises(BackendError, match="scripted outage"):
+        backend.generate([[{"role": "user", "content": "y"}]], params)
+    assert backend.user_prompts() == ["hi", "x"]
