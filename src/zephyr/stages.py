@@ -72,16 +72,8 @@ def _validate_training(classes, settings: dict, upstream_paths: list[str]) -> No
     model = settings.get("model_name_or_path", "smollm2-135m-instruct")
     if not _produced_upstream(model, upstream_paths):
         check_model_spec(model)
-    mixer = settings.get("dataset_mixer") or {}
-    for name in mixer:
-        if _produced_upstream(name, upstream_paths):
-            continue
-        from zephyr.resources import resolve_resource
-
-        local = resolve_resource(name)
-        if local.startswith((".", "/", "~")) or local.endswith((".jsonl", ".json", ".parquet")):
-            if not Path(local).expanduser().exists():
-                raise ConfigError(f"dataset `{name}` not found")
+    for name in settings.get("dataset_mixer") or {}:
+        _check_path(name, upstream_paths, f"dataset `{name}`")
 
 
 def validate_sft(settings: dict, upstream_paths: list[str]) -> None:
