@@ -8,12 +8,12 @@ from pathlib import Path
 
 from zephyr.config import DataArguments, DPOConfig, ModelArguments, to_dict
 from zephyr.errors import ConfigError
-from zephyr.models import fit_embeddings_to_tokenizer, load_model, load_tokenizer
+from zephyr.models import fit_embeddings_to_tokenizer, load_model
 from zephyr.train.attention import use_packed_attention
 from zephyr.train.collate import PairCollator
 from zephyr.train.dpo_data import tokenize_preferences
 from zephyr.train.reference import precompute_reference_logps
-from zephyr.train.setup import log_batch_geometry, maybe_add_lora, save_trained
+from zephyr.train.setup import load_run_tokenizer, log_batch_geometry, maybe_add_lora, save_trained
 from zephyr.train.sft import TrainResult
 from zephyr.train.trainer import DPOTrainer
 
@@ -94,10 +94,7 @@ def dpo(model_args: ModelArguments, data_args: DataArguments, args: DPOConfig, r
     from transformers import set_seed
 
     set_seed(args.seed)
-    tokenizer = load_tokenizer(
-        model_args.tokenizer_name_or_path or model_args.model_name_or_path,
-        data_args.chat_template, model_args.model_revision, model_args.trust_remote_code,
-    )  # fmt: skip
+    tokenizer = load_run_tokenizer(model_args, data_args)
     data = prepare_dpo_data(tokenizer, data_args, args)
     model = load_policy(model_args, tokenizer)
     if args.precompute_ref_log_probs:

@@ -11,6 +11,16 @@ from zephyr.train.attention import restore_attention, use_packed_attention
 log = logging.getLogger(__name__)
 
 
+def load_run_tokenizer(model_args: ModelArguments, data_args):
+    """The tokenizer a training run uses: the model's (or `tokenizer_name_or_path`), with the recipe's template."""
+    from zephyr.models import load_tokenizer
+
+    return load_tokenizer(
+        model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+        data_args.chat_template, model_args.model_revision, model_args.trust_remote_code,
+    )  # fmt: skip
+
+
 def lora_config(model_args: ModelArguments):
     from peft import LoraConfig
 

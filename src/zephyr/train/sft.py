@@ -8,9 +8,9 @@ from pathlib import Path
 
 from zephyr.chat import tokenize_conversation, with_empty_system
 from zephyr.config import DataArguments, ModelArguments, SFTConfig, to_dict
-from zephyr.models import fit_embeddings_to_tokenizer, load_model, load_tokenizer
+from zephyr.models import fit_embeddings_to_tokenizer, load_model
 from zephyr.train.collate import PackedCollator, PaddedCollator, pack_best_fit
-from zephyr.train.setup import log_batch_geometry, maybe_add_lora, save_trained
+from zephyr.train.setup import load_run_tokenizer, log_batch_geometry, maybe_add_lora, save_trained
 from zephyr.train.trainer import SFTTrainer
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,7 @@ def sft(model_args: ModelArguments, data_args: DataArguments, args: SFTConfig, r
     from transformers import set_seed
 
     set_seed(args.seed)
-    tokenizer = load_tokenizer(
-        model_args.tokenizer_name_or_path or model_args.model_name_or_path,
-        data_args.chat_template, model_args.model_revision, model_args.trust_remote_code,
-    )  # fmt: skip
+    tokenizer = load_run_tokenizer(model_args, data_args)
     data = prepare_sft_data(tokenizer, data_args, args)
     if "train" not in data:
         from zephyr.errors import ConfigError
