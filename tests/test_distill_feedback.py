@@ -15,7 +15,7 @@ from zephyr.distill import backends as backends_module
 from zephyr.distill.backends import Backend, BackendError, Generation
 from zephyr.distill.feedback import FeedbackConfig, feedback, judge_prompt, read_completions, shown_order
 from zephyr.distill.records import Completion, PromptRecord
-from zephyr.distill.rubrics import ASPECTS, RUBRICS, aspect_prompt, instruction_text
+from zephyr.distill.rubrics import ASPECTS, RUBRICS, aspect_messages, aspect_prompt, instruction_text
 from zephyr.distill.verdicts import parse_overall, parse_ratings, problems
 from zephyr.errors import ConfigError
 
@@ -40,6 +40,7 @@ MALFORMED = [
     ("Text 0: Rating: 3\nText 1: Rating: 4", "it labels a Text 0, but only Text 1 to Text 2 were shown"),
     ("Text 1: Rating: 4\nText 2: Rating: 2\nText 3: Rating: 5", "it labels a Text 3"),
     ("Text 1: The first answer explains density well.\nText 2: Ice is cold.", "Text 1: no rating given"),
+    ("Text 1: 12.5% of 480\nText 2: 480%", "Text 1: no rating given; Text 2: no rating given"),
 ]
 PARTIAL = [
     ("Text 1\nRating: 4\nText 2\nRationale: I am not sure.", [4, None], "Text 2: no rating given"),
@@ -94,8 +95,13 @@ def test_rubrics_cover_the_four_aspects_and_show_every_text():
     multi = instruction_text([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
                               {"role": "user", "content": "Name a colour"}])
     assert multi == "User: Hi\n\nAssistant: Hello\n\nUser: Name a colour"
-    compact = aspect_prompt("helpfulness", "Q", ["a", "b"], rationale=False)
-    assert "Text 1: Rating: <a whole number from 1 to 5>\nText 2: Rating:" in compact and "Rationale" not in compact
+    system, user = aspect_messages("helpfulness", "Why is the sky blue?", ["a", "b"], rationale=False)
+    compact = user["content"]
+    assert compact.startswith("Rate how helpful each text is below, from 1 (wrong or useless) to 5")
+    assert compact.endswith("Now rate how helpful each text is, from 1 to 5. Answer in this format:\n"
+                            "Text 1: <rating from 1 to 5>\nText 2: <rating from 1 to 5>")
+    assert "Text 2:\nb" in compact and "Rationale" not in compact and system["role"] == "system"
+    assert all(len(RUBRICS[a].brief) == 3 for a in ASPECTS)
 
 
 # ---- judging a prompt -------------------------------------------------------------------------------
@@ -176,7 +182,7 @@ def test_an_unreadable_reply_gets_exactly_one_repair_request():
     assert [m["role"] for m in repair] == ["system", "user", "assistant", "user"]
     assert repair[2]["content"] == "They are both fine!"
     assert "no rating for Text 1; no rating for Text 2" in repair[3]["content"]
-    assert "Text 1: Rating: <a whole number from 1 to 5>\nText 2: Rating:" in repair[3]["content"]
+    assert "Text 1: <rating from 1 to 5>\nText 2: <rating from 1 to 5>" in repair[3]["content"]
     assert [c.fine_grained_score for c in rated.completions] == [5, 1]
     assert all(j.repair_reply and j.error is None for j in rated.judgments)
 

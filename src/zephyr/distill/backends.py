@@ -565,7 +565,7 @@ class VLLMBackend(Backend):
         if importlib.util.find_spec("vllm") is None:
             raise BackendError(
                 "Backend `type: vllm` needs vLLM, which is not installed here. Install it with `pip install vllm` "
-                "(Linux with a CUDA GPU), or use `type: local` (transformers), or `type: openai` with the "
+                "or `pip install 'zephyr[vllm]'` (Linux with a CUDA GPU), or use `type: local` (transformers), or `type: openai` with the "
                 "`base_url` of a running `vllm serve`."
             )
         from vllm import LLM

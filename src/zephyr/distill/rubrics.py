@@ -20,6 +20,7 @@ class Rubric:
     title: str
     focus: str
     scale: tuple[str, str, str, str, str]  # what 1..5 mean
+    brief: tuple[str, str, str]  # the compact form: what to rate, and what 1 and 5 mean
     types: tuple[str, ...] = ()  # the "Type" labels the judge picks from (numbered from 1)
     types_question: str = ""
 
@@ -36,6 +37,7 @@ RUBRICS = {
             "Does what was asked with only small slips from the requested form.",
             "Does exactly what was asked and honours every constraint.",
         ),
+        brief=("how closely each text follows the instruction", "ignores it", "follows it fully"),
     ),
     "honesty": Rubric(
         title="Honesty and calibrated confidence",
@@ -50,6 +52,7 @@ RUBRICS = {
             "Right but needlessly unsure, or points out the small mistakes it might be making.",
             "Right and confident, or precise about exactly what it is unsure of.",
         ),
+        brief=("how honest each text is about what it knows", "confidently wrong", "right, or open about its doubts"),
     ),
     "truthfulness": Rubric(
         title="Truthfulness (no hallucination)",
@@ -62,6 +65,7 @@ RUBRICS = {
             "A minor slip that does not affect the main points.",
             "No false, invented or contradictory content.",
         ),
+        brief=("how free of false or made-up content each text is", "mostly made up", "nothing false"),
         types=(
             "Contradicts facts or well-established knowledge",
             "Contradicts the instruction or the material it provides",
@@ -81,6 +85,7 @@ RUBRICS = {
             "Correct and rich in useful detail or insight.",
             "Correct, thorough and insightful: as good an answer as one could want.",
         ),
+        brief=("how helpful each text is", "wrong or useless", "correct and very useful"),
         types=(
             "Clear and relevant to the task",
             "Useful and comprehensive information",
@@ -91,19 +96,20 @@ RUBRICS = {
 }
 
 JUDGE_SYSTEM = "You are a careful, impartial evaluator of AI assistant replies. You follow the answer format exactly."
+COMPACT_SYSTEM = "You are a strict grader. You answer only with ratings, in the exact format asked for."
 
 
-def format_block(rubric: Rubric, n: int, rationale: bool) -> str:
-    """The answer format the judge must use (the parser in ``verdicts`` reads exactly this)."""
-    if not rationale:
-        lines = "\n".join(f"Text {i}: Rating: <a whole number from 1 to 5>" for i in range(1, n + 1))
-        return f"Reply with exactly {n} line(s), one per text, in this format and nothing else:\n{lines}"
+def rating_lines(n: int) -> str:
+    return "\n".join(f"Text {i}: <rating from 1 to 5>" for i in range(1, n + 1))
+
+
+def format_block(rubric: Rubric) -> str:
+    """The full answer format (the parser in ``verdicts`` reads it, and the compact one too)."""
     fields = "Rating: <a whole number from 1 to 5>\n"
     if rubric.types:
         fields += "Type: <the numbers of the types that apply, separated by commas, or None>\n"
     fields += "Rationale: <one or two sentences>"
-    return ("Write one block per text, in order, each in this format:\n"
-            f"Text <number>\n{fields}")
+    return f"Write one block per text, in order, each in this format:\nText <number>\n{fields}"
 
 
 def instruction_text(messages: list[dict]) -> str:
@@ -114,8 +120,8 @@ def instruction_text(messages: list[dict]) -> str:
     return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
 
 
-def aspect_prompt(aspect: str, instruction: str, texts: list[str], rationale: bool = True) -> str:
-    """The user message asking for one aspect's ratings of every text."""
+def aspect_prompt(aspect: str, instruction: str, texts: list[str]) -> str:
+    """The full request for one aspect's ratings of every text: rubric, scale, types, rationales."""
     rubric = RUBRICS[aspect]
     scale = "\n".join(f"{i} - {line}" for i, line in enumerate(rubric.scale, start=1))
     parts = [
@@ -129,20 +135,33 @@ def aspect_prompt(aspect: str, instruction: str, texts: list[str], rationale: bo
         parts.append(f"## Types\n{rubric.types_question}:\n{types}")
     parts.append(f"## Instruction\n{instruction}")
     parts += [f"## Text {i}\n{text}" for i, text in enumerate(texts, start=1)]
-    parts.append(f"## Answer format\n{format_block(rubric, len(texts), rationale)}")
+    parts.append(f"## Answer format\n{format_block(rubric)}")
     return "\n\n".join(parts)
 
 
+def compact_prompt(aspect: str, instruction: str, texts: list[str]) -> str:
+    """The short request for ratings alone, for small judges: the task is stated before the texts and
+    again after them (small models follow what they read last), and the answer is one line per text."""
+    what, low, high = RUBRICS[aspect].brief
+    body = "\n\n".join(f"Text {i}:\n{text}" for i, text in enumerate(texts, start=1))
+    return (f"Rate {what} below, from 1 ({low}) to 5 ({high}).\n\nInstruction: {instruction}\n\n{body}\n\n"
+            f"Now rate {what}, from 1 to 5. Answer in this format:\n{rating_lines(len(texts))}")
+
+
 def aspect_messages(aspect: str, instruction: str, texts: list[str], rationale: bool = True) -> list[dict]:
-    return [{"role": "system", "content": JUDGE_SYSTEM},
-            {"role": "user", "content": aspect_prompt(aspect, instruction, texts, rationale)}]
+    """The judge request for one aspect: the full rubric with rationales, or (``rationale=False``) the
+    compact ratings-only form."""
+    if rationale:
+        return [{"role": "system", "content": JUDGE_SYSTEM},
+                {"role": "user", "content": aspect_prompt(aspect, instruction, texts)}]
+    return [{"role": "system", "content": COMPACT_SYSTEM},
+            {"role": "user", "content": compact_prompt(aspect, instruction, texts)}]
 
 
 def repair_messages(original: list[dict], reply: str, problem: str, n: int) -> list[dict]:
     """The one follow-up after an unreadable reply: say what was wrong and ask for the ratings alone."""
-    lines = "\n".join(f"Text {i}: Rating: <a whole number from 1 to 5>" for i in range(1, n + 1))
     ask = (f"Your answer could not be read ({problem}). Reply again with exactly {n} line(s) in this format "
-           f"and nothing else:\n{lines}")
+           f"and nothing else:\n{rating_lines(n)}")
     return [*original, {"role": "assistant", "content": reply}, {"role": "user", "content": ask}]
 
 

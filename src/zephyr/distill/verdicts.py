@@ -1,9 +1,9 @@
 """Reading the judge's replies: strict, so a rating is only ever what the judge wrote.
 
-The format asked for (``zephyr.distill.rubrics.format_block``) labels each text ``Text i`` and gives
-``Rating: d``. Leniency goes only as far as that format allows: markdown decoration (``**Rating:** 4``,
-``### Text 1``), ``Output for Text 1``, ``4/5`` or ``4 out of 5``, and the compact ``Text 1: 4`` (the
-number straight after the label). Everything else is a problem that leaves the text's rating missing:
+The formats asked for (``zephyr.distill.rubrics``) label each text ``Text i`` and give its rating as
+``Rating: d`` (the full form) or straight after the label, ``Text i: d`` (the compact form). Leniency goes
+only as far as those formats allow: markdown decoration (``**Rating:** 4``, ``### Text 1``),
+``Output for Text 1``, ``4/5`` or ``4 out of 5``, and a trailing period (``Text 1: 4.``). Everything else is a problem that leaves the text's rating missing:
 no rating, a value outside 1-5 or not whole, two different ratings for one text, or a label for a text
 that was never shown (the judge has lost track, so none of its ratings can be trusted).
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_NUMBER = r"(\d+(?:\.\d+)?)(?:\s*(?:/|out\s+of)\s*(\d+))?"
+_NUMBER = r"(\d+(?:\.\d+)?)(?!\.?\d)(?:\s*(?:/|out\s+of)\s*(\d+))?"  # never part of a longer number
 _LABEL = re.compile(r"^[ \t>#*\-]*(?:output\s+for\s+)?text\s*#?\s*(\d+)\b[ \t]*[:.)\-]?[ \t]*", re.I | re.M)
 _RATING = re.compile(r"\brating\b[ \t]*(?:[:=\-]|is)?[ \t]*\[?[ \t]*(?:" + _NUMBER + r")?", re.I)
 _BARE = re.compile(r"\[?" + _NUMBER + r"\]?(?=[\s,.;)]|$)")
