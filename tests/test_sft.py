@@ -91,6 +91,25 @@ def test_prepacked_rows_keep_conversations_apart(tokenizer):
     assert (total / count).item() == pytest.approx(reference, abs=1e-5)
 
 
+def test_model_left_on_packed_attention_handles_padded_batches_and_generation(tokenizer):
+    """Evaluation and generation can run while a model is still switched to packed attention."""
+    model = make_tiny_model().eval()
+    batch = PaddedCollator(tokenizer.pad_token_id)(_examples(tokenizer))
+    prompt = batch["input_ids"][:2, :6]
+    with torch.no_grad():
+        expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        expected_gen = model.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        previous = use_packed_attention(model)
+        try:
+            got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            got_gen = model.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        finally:
+            restore_attention(model, previous)
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-4)
+    assert torch.equal(got_gen, expected_gen)
+
+
 def test_best_fit_packing_respects_capacity_and_keeps_everything():
     lengths = [700, 300, 1024, 20, 500, 480, 1, 999]
     bins = pack_best_fit(lengths, 1024)

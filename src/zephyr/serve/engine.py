@@ -21,6 +21,7 @@ Three ways in, all feeding the same worker:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import queue
 import threading
@@ -345,6 +346,10 @@ class Engine:
         self.context_length = _context_length(model, max_model_len)
         self.eos_ids = _eos_ids(model, tokenizer)
         self._vocab = len(tokenizer)
+        # transformers 5.x renamed the forward's cache argument (past_key_values -> cache, the old
+        # name deprecated from 5.2x); pass whichever this model's forward declares.
+        forward_params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_params else "past_key_values"
         self._incoming: queue.Queue[RequestHandle | None] = queue.Queue()
         self._waiting: deque[RequestHandle] = deque()
         self._batch = _Batch()
@@ -537,8 +542,8 @@ class Engine:
         # A row's position is the count of its real tokens before this one, whatever the padding.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
         out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                         position_ids=positions.to(device), past_key_values=cache, use_cache=True,
-                         logits_to_keep=1)
+                         position_ids=positions.to(device), use_cache=True, logits_to_keep=1,
+                         **{self._cache_arg: cache})
         logits = out.logits[:, -1]
         if logits.shape[-1] > self._vocab:  # rows past the tokenizer's vocabulary are padding
             logits[:, self._vocab :] = float("-inf")

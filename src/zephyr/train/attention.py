@@ -88,14 +88,28 @@ def packed_attention_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
+def packed_attention_mask(*, q_length: int, kv_length: int, attention_mask: torch.Tensor | None = None, **kwargs):
+    """The mask transformers builds for a model on this implementation.
+
+    A packed row carries its structure in blocks, so no dense (L, L) mask is built for it. A model
+    can still see ordinary padded batches while switched (evaluation inside a training run,
+    generation), and those need the regular SDPA mask, not FlashAttention's 2-D one.
+    """
+    from transformers.masking_utils import sdpa_mask
+
+    unpadded = attention_mask is None or bool(attention_mask[:, -kv_length:].all())
+    if unpadded and (q_length == 1 or q_length == kv_length):
+        return None  # blocks, or SDPA's own is_causal, cover it
+    return sdpa_mask(q_length=q_length, kv_length=kv_length, attention_mask=attention_mask, **kwargs)
+
+
 def register() -> str:
     """Register the implementation with transformers (idempotent) and return its name."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
     AttentionInterface.register(ATTN_NAME, packed_attention_forward)
-    # Like FlashAttention, blocks replace the mask: transformers must not build a dense one.
-    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, flash_attention_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, packed_attention_mask)
     return ATTN_NAME
 
 
