@@ -106,7 +106,7 @@ def dpo(model_args: ModelArguments, data_args: DataArguments, args: DPOConfig, r
         ref_model = load_reference(model_args, args, tokenizer)
         if ref_model is not None and args.padding_free:
             use_packed_attention(ref_model)
-    log_batch_geometry(args, data["train"].rename_column("prompt_ids", "input_ids"), unit="pairs")
+    log_batch_geometry(args, data["train"], unit="pairs", token_columns=("prompt_ids", "chosen_ids", "rejected_ids"))
     collator = pair_collator(args, tokenizer.pad_token_id)
     trainer = DPOTrainer(
         model=model, ref_model=ref_model, args=args, train_dataset=data["train"], eval_dataset=data.get("test"),

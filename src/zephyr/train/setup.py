@@ -51,11 +51,14 @@ def maybe_add_lora(model, model_args: ModelArguments, args):
     return model
 
 
-def log_batch_geometry(args, train_dataset, unit: str) -> None:
-    """Print the numbers that decide a run: effective batch, steps, tokens per step."""
+def log_batch_geometry(args, train_dataset, unit: str, token_columns: tuple[str, ...] = ("input_ids",)) -> None:
+    """Print the numbers that decide a run: effective batch, steps, tokens per step.
+
+    ``token_columns`` are the columns whose tokens a row contributes (a DPO pair: prompt, chosen
+    and rejected)."""
     world = max(1, args.world_size)
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
-    tokens = sum(len(ids) for ids in train_dataset["input_ids"])
+    tokens = sum(len(ids) for column in token_columns for ids in train_dataset[column])
     steps = args.max_steps if args.max_steps > 0 else max(1, -(-len(train_dataset) // per_step)) * int(
         max(1, args.num_train_epochs)
     )
