@@ -65,5 +65,5 @@ def append_to_benchmarks(title: str, command: str, table: str, result_line: str)
                         "measured in the same run, each in its own process.\n")
     stamp = time.strftime("%Y-%m-%d %H:%M")
     with open(path, "a") as f:
-        f.write(f"\n## {title} ({stamp})\n\nMachine: {machine()}\n\nCommand: `{command}`\n\n{table}\n\n"
+        f.write(f"\n## {title} ({stamp})\n\nMachine: {machine()}\n\nCommand: `{command.strip()}`\n\n{table}\n\n"
                 f"```\n{result_line}\n```\n")
