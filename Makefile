@@ -29,6 +29,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/sft_throughput.py
 	$(BIN)/python bench/dpo_throughput.py
+	$(BIN)/python bench/eval_generation.py
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf $(VENV) runs
