@@ -77,6 +77,16 @@ def make_tiny_model(seed: int = 0, layers: int = 2, hidden: int = 64):
     return LlamaForCausalLM(config).float()
 
 
+def enable_checkpointing(model, reentrant: bool) -> list[int]:
+    """Turn on activation checkpointing (the transformers 5.2x name, else the older one) and return a
+    counter of first-layer attention calls, which doubles when backward really recomputes."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": reentrant})
+    calls = [0]
+    model.model.layers[0].self_attn.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
 @pytest.fixture
 def tiny_model():
     return make_tiny_model()

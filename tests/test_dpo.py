@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from conftest import enable_checkpointing, make_tiny_model
 from zephyr.chat import encode_prompt, render
 from zephyr.errors import DataError
 from zephyr.train.attention import ATTN_NAME, restore_attention, use_packed_attention
@@ -183,6 +183,30 @@ def test_layouts_give_equal_logps_and_gradients(tokenizer, demo_rows):
         for name, grad in grads.items():
             torch.testing.assert_close(grad, padded_grads[name], atol=1e-5, rtol=1e-4, msg=f"{layout} {name}")
     assert any(g.abs().max() > 0 for g in padded_grads.values())
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_keeps_shared_layout_gradients(tokenizer, demo_rows, reentrant):
+    """Recomputing activations must replay the same blocks: the block layout reaches checkpointed layers."""
+    pairs = demo_pairs(tokenizer, demo_rows)
+    ref = make_tiny_model(seed=0)
+    with torch.no_grad():
+        ref_logps = layout_logps(ref, pairs, "shared")[0]["logps"]
+    model = perturbed(ref, seed=1).train()
+    grads, calls = [], [0]
+    for checkpointing in (False, True):
+        if checkpointing:
+            calls = enable_checkpointing(model, reentrant)
+        model.zero_grad()
+        out, _ = layout_logps(model, pairs, "shared", grad=True)
+        losses, _ = dpo_loss("sigmoid", out, ref_logps, beta=0.1)
+        with packed(model):
+            losses.mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert calls[0] == 2  # forward, then the recomputation during backward
+    assert grads[1].keys() == grads[0].keys() and len(grads[0]) == len(list(model.parameters()))
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grad, grads[0][name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_shared_layout_hides_chosen_from_rejected(tokenizer):

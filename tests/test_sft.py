@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from conftest import enable_checkpointing, make_tiny_model
 from zephyr.chat import tokenize_conversation
 from zephyr.train.attention import restore_attention, use_packed_attention
 from zephyr.train.collate import PackedCollator, PaddedCollator, pack_best_fit
@@ -72,6 +72,24 @@ def test_packed_loss_and_grads_equal_padded_and_unpacked(tokenizer):
     assert packed_grads.keys() == padded_grads.keys()
     for name, grad in packed_grads.items():
         torch.testing.assert_close(grad, padded_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_keeps_packed_gradients(tokenizer, reentrant):
+    model = make_tiny_model().train()
+    batch = PackedCollator()(_examples(tokenizer))
+    previous = use_packed_attention(model)
+    try:
+        plain = _loss_and_grads(model, batch)
+        calls = enable_checkpointing(model, reentrant)
+        checkpointed = _loss_and_grads(model, batch)
+    finally:
+        restore_attention(model, previous)
+    assert calls[0] == 2  # forward, then the recomputation during backward
+    assert checkpointed[0] == pytest.approx(plain[0], abs=1e-6)
+    assert checkpointed[1].keys() == plain[1].keys()
+    for name, grad in checkpointed[1].items():
+        torch.testing.assert_close(grad, plain[1][name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_prepacked_rows_keep_conversations_apart(tokenizer):
