@@ -156,3 +156,14 @@ def test_two_processes_match_one_for_dpo(tmp_path, tiny_model_dir):
         assert m2[name] == pytest.approx(m1[name], rel=1e-4, abs=1e-6), name
     drift = max((w1[k] - w2[k]).abs().max().item() for k in w1)
     assert drift < 1e-4, f"weights differ by up to {drift}"
+
+
+def test_report_stage_plots_the_training_runs(tmp_path, tiny_model_dir):
+    """Training stages that save no checkpoint still leave their log history for the report."""
+    summary = run_pipeline(_recipe(tmp_path, tiny_model_dir, report={}),
+                           overrides={"sft.logging_steps": 1, "dpo.logging_steps": 1})
+    assert summary["report"]["state"].startswith("ran")
+    page = (tmp_path / "run" / "report" / "index.html").read_text()
+    for chart in ("chart-training-loss", "chart-training-rewards-margins", "chart-training-rewards-accuracies"):
+        assert f'id="{chart}"' in page
+    assert (tmp_path / "run" / "report" / "training_loss.png").is_file()

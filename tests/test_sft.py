@@ -202,11 +202,10 @@ def test_cli_sft_learns_and_saves_loadable_model(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     assert main(_sft_args(tiny_model_dir, data, out, "--num_train_epochs=2", "--save_strategy=no")) == 0
     metrics = json.loads((out / "all_results.json").read_text())
-    history = [h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h] \
-        if (out / "trainer_state.json").exists() else None
+    # The log history is kept beside the model even without checkpoints: `zephyr report` plots it.
+    history = [h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     assert metrics["train_loss"] < 10.8  # ln(49152) = 10.80 is the loss of a uniform guess
-    if history:
-        assert history[-1] < history[0] - 1.0
+    assert history[-1] < history[0] - 1.0
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.chat_template and tokenizer.pad_token_id != tokenizer.eos_token_id

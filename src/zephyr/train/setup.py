@@ -98,6 +98,7 @@ def save_trained(trainer, tokenizer, args, stage: str, model_args: ModelArgument
             restore_attention(trainer.model, previous)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("all", metrics)
+    trainer.save_state()  # trainer_state.json beside the model: the log history `zephyr report` plots
     trainer.model.config.use_cache = True
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
