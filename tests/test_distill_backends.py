@@ -13,6 +13,7 @@ import time
 import urllib.request
 
 import pytest
+import torch
 
 from zephyr.distill.backends import (
     Backend,
@@ -352,3 +353,31 @@ def test_coalescer_merges_concurrent_calls_into_one_batch():
     assert results == {i: [i * 10, (i + 100) * 10] for i in range(6)}
     assert sizes == [2, 10]
 
+
+
+# ---- option log-probabilities (judges that answer with one letter) ------------------------------------
+
+
+def test_local_option_logprobs_equal_a_plain_forward_pass(local, served):
+    from transformers import AutoModelForCausalLM
+
+    from zephyr.chat import encode_prompt
+
+    conversations = [[{"role": "user", "content": "Is A or B better?"}],
+                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Pick one: A or B."}]]
+    got = local.option_logprobs(conversations, ("A", "B"))
+    tokenizer = local.engine.tokenizer
+    model = AutoModelForCausalLM.from_pretrained(local.engine.model.name_or_path).eval()
+    for conversation, scores in zip(conversations, got, strict=True):
+        with torch.no_grad():
+            logits = model(torch.tensor([encode_prompt(tokenizer, conversation)])).logits[0, -1, : len(tokenizer)]
+        expected = torch.log_softmax(logits.float(), -1)
+        for option in ("A", "B"):
+            token = tokenizer.encode(option, add_special_tokens=False)[0]
+            assert scores[option] == pytest.approx(expected[token].item(), abs=1e-4)
+    assert got[0] != got[1]  # the conversation matters
+    with pytest.raises(BackendError, match="distinct tokens"):
+        local.option_logprobs(conversations, ("A", "A"))
+    with make_backend({"type": "openai", "model": "tiny", "base_url": served}) as remote:
+        with pytest.raises(BackendError, match="cannot score options"):
+            remote.option_logprobs(conversations, ("A", "B"))

@@ -110,6 +110,40 @@ def test_builtin_flow_writes_alpaca_files(tmp_path, monkeypatch, capsys):
         assert params.temperature == 0
 
 
+def test_letter_verdicts_from_logprobs_give_graded_preferences(tmp_path, monkeypatch):
+    """judge_verdict: logprobs reads P(A) and P(B) of the judge's first token; 0.8 for the model's side,
+    wherever the model's output is shown, is a preference of 1.8 and a win rate of 80."""
+
+    def scores(conversation, options):
+        assert options == ("A", "B")
+        user = conversation[-1]["content"]
+        assert user.endswith("Reply with one letter only: A or B.")
+        model_first = user.find("MODEL-OUTPUT") < user.find("[Answer of Assistant B]")
+        p_a = 0.8 if model_first else 0.2
+        # Unnormalised on purpose: only the two letters' ratio counts.
+        return {"A": math.log(p_a * 0.5), "B": math.log((1 - p_a) * 0.5)}
+
+    judge = ScriptedBackend("judge-x", lambda c, p: pytest.fail("a letter judge must not generate"), scores=scores)
+    result = run_alpaca(tmp_path, monkeypatch, judge, judge_verdict="logprobs")
+    annotations = json.loads((tmp_path / "tiny-model" / "judge-x_zephyr-pair-letter" / "annotations.json").read_text())
+    assert len(annotations) == 24 and len(judge.calls) == 24
+    assert [a["preference"] for a in annotations] == pytest.approx([1.8] * 24)
+    assert all(set(a["raw_completion"]["logprobs"]) == {"A", "B"} for a in annotations)
+    model = result["models"]["tiny-model"]
+    assert model["win_rate"] == pytest.approx(80.0) and model["n_wins"] == 24 and model["n_missing"] == 0
+
+
+def test_letter_verdicts_need_a_judge_that_can_score(tmp_path, monkeypatch):
+    with pytest.raises(RunInterrupted, match="cannot score options"):
+        run_alpaca(tmp_path, monkeypatch, ScriptedBackend("judge-x", fair_judge), judge_verdict="logprobs")
+    with pytest.raises(ConfigError, match="judge_verdict"):
+        stages.AlpacaSettings(judge="j", judge_verdict="probs")
+    prompts = shared_file("mt_bench/judge_prompts.jsonl")
+    with pytest.raises(ConfigError, match="do not go together"):
+        run_alpaca(tmp_path, monkeypatch, ScriptedBackend("judge-x", fair_judge, scores=lambda c, o: {}),
+                   judge_verdict="logprobs", judge_prompts=str(prompts))
+
+
 def test_position_biased_judge_gives_the_switched_share(tmp_path, monkeypatch):
     result = run_alpaca(tmp_path, monkeypatch, ScriptedBackend("judge-x", lambda c, p: "Output A. [[A]]"))
     instructions = [x["instruction"] for x in ae.load_instructions(stages.BUILTIN_INSTRUCTIONS)]

@@ -17,9 +17,11 @@ from zephyr.distill.backends import Backend, BackendError, Generation, Generatio
 
 
 class ScriptedBackend(Backend):
-    def __init__(self, name: str, reply: Callable[[list[dict], GenerationParams], str], fail_after: int | None = None):
+    def __init__(self, name: str, reply: Callable[[list[dict], GenerationParams], str], fail_after: int | None = None,
+                 scores: Callable[[list[dict], tuple], dict] | None = None):
         self.name = name
         self.reply = reply
+        self.scores = scores  # option log-probs per conversation; without it the backend cannot score options
         self.fail_after = fail_after
         self.calls: list[tuple[list[dict], GenerationParams]] = []
         self.closed = False
@@ -34,6 +36,13 @@ class ScriptedBackend(Backend):
                 self.calls.append(([dict(m) for m in conversation], params))
             out.append([Generation(self.reply(conversation, params), "stop", 1, 1)])
         return out
+
+    def option_logprobs(self, conversations, options):
+        if self.scores is None:
+            return super().option_logprobs(conversations, options)
+        with self._lock:
+            self.calls += [([dict(m) for m in c], None) for c in conversations]
+        return [self.scores(c, tuple(options)) for c in conversations]
 
     def close(self):
         self.closed = True

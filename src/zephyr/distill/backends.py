@@ -123,6 +123,12 @@ class Backend:
         row that failed (the other rows' results are on the error)."""
         raise NotImplementedError
 
+    def option_logprobs(self, conversations: Sequence[Sequence[dict]], options: Sequence[str]) -> list[dict[str, float]]:
+        """For each conversation, the log-probability that the reply starts with each option (e.g. a judge's
+        "A" or "B"), read from the first token's distribution. Only backends that own the model can."""
+        raise BackendError(f"the {type(self).__name__} backend cannot score options by log-probability; "
+                           "use a local model for this judge, or text verdicts")  # fmt: skip
+
     def close(self) -> None:
         """Release the model or connections; pending calls end with BackendError."""
 
@@ -287,6 +293,27 @@ class LocalBackend(Backend):
                                       top_p=params.top_p, seed=params.seed_of(j), stop=params.stop)
             handles.append(self.engine.submit(prompt, sampling))
         return handles
+
+    def option_logprobs(self, conversations, options) -> list[dict[str, float]]:
+        tokens = self._option_tokens(tuple(options))
+        out = []
+        for i, conversation in enumerate(conversations):
+            try:
+                with self._encode_lock:
+                    prompt = self.engine.encode_chat(conversation)
+                out.append(dict(zip(options, self.engine.next_token_logprobs(prompt, tokens), strict=True)))
+            except ZephyrError as exc:
+                raise BackendError(str(exc), index=i) from exc
+        return out
+
+    def _option_tokens(self, options: tuple[str, ...]) -> list[int]:
+        """The first token of each option as the reply would start with it; the options must differ there."""
+        with self._encode_lock:
+            firsts = [self.engine.tokenizer.encode(o, add_special_tokens=False)[:1] for o in options]
+        tokens = [f[0] for f in firsts if f]
+        if len(tokens) != len(options) or len(set(tokens)) != len(tokens):
+            raise BackendError(f"options {list(options)} do not start with distinct tokens of {self.name}'s tokenizer")
+        return tokens
 
     def close(self) -> None:
         self.engine.close()

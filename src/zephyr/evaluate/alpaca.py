@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -164,7 +165,8 @@ def annotation_tasks(pairs: Sequence[tuple[dict, dict]], prompt: JudgePrompt, an
         switched = is_switched(out["instruction"], seed)
         a, b = (out["output"], ref["output"]) if switched else (ref["output"], out["output"])
         user = prompt.render(question=out["instruction"], answer_a=a, answer_b=b)
-        tasks.append(JudgeTask(key, [prompt.conversation(user)], _annotation_builder(base, switched, prompt)))
+        build = (_letter_builder if prompt.output_format == "A|B" else _annotation_builder)(base, switched, prompt)
+        tasks.append(JudgeTask(key, [prompt.conversation(user)], build))
     return tasks, free
 
 
@@ -174,6 +176,21 @@ def _annotation_builder(base: dict, switched: bool, prompt: JudgePrompt):
         first_wins = {"A": 1.0, "B": 2.0, "tie": 1.5}.get(verdict)  # 1 = the output shown first is better
         preference = None if first_wins is None else (3.0 - first_wins if switched else first_wins)
         return base | {"preference": preference, "raw_completion": replies[0]}
+
+    return build
+
+
+def _letter_builder(base: dict, switched: bool, prompt: JudgePrompt):
+    """A graded preference from the judge's first-token log-probs of "A" and "B": 1 + P(second shown is
+    better), renormalised over the two letters, then mapped back to output_1/output_2."""
+
+    def build(replies: list[dict]) -> dict:
+        lp_a, lp_b = replies[0]["A"], replies[0]["B"]
+        top = max(lp_a, lp_b)
+        p_b = math.exp(lp_b - top) / (math.exp(lp_a - top) + math.exp(lp_b - top))
+        first_wins = 1.0 + p_b  # 1 = the output shown first is better
+        preference = 3.0 - first_wins if switched else first_wins
+        return base | {"preference": preference, "raw_completion": {"logprobs": {"A": lp_a, "B": lp_b}}}
 
     return build
 

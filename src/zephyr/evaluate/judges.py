@@ -171,20 +171,24 @@ class JudgeTask:
 
     key: tuple
     conversations: list[list[dict]]
-    build: Callable[[list[str]], dict]
+    build: Callable[[list], dict]  # the judge's reply texts, or with `options` their option log-probs
 
 
 def run_tasks(backend: Backend, tasks: Sequence[JudgeTask], save: Callable[[dict], None], *,
               max_tokens: int = JUDGE_MAX_TOKENS, concurrency: int = DEFAULT_CONCURRENCY,
-              desc: str = "judge") -> list[dict]:
+              desc: str = "judge", options: Sequence[str] | None = None) -> list[dict]:
     """Judge every task at temperature 0, many at once, calling ``save`` with each record as soon as it is
-    made. A backend failure raises RunInterrupted after every finished record has been saved."""
+    made. With ``options`` the judge writes nothing: each task gets the log-probability of each option
+    as the first token of the reply. A backend failure raises RunInterrupted after every finished record
+    has been saved."""
     from zephyr.distill.backends import GenerationParams
 
     params = GenerationParams(temperature=0.0, max_tokens=max_tokens)
     records: list[dict] = []
 
     def job(task: JudgeTask):
+        if options:
+            return lambda: task.build(backend.option_logprobs(task.conversations, options))
         return lambda: task.build([choices[0].text for choices in backend.generate(task.conversations, params)])
 
     def keep(_: int, record: dict) -> None:
@@ -297,3 +301,14 @@ DEFAULT_PROMPTS = (  # in the order of FASTCHAT_NAMES
         "Compare two follow-up answers against a reference.",
     ),
 )  # fmt: skip
+
+# Read from the judge's next-token distribution rather than its text (as AlpacaEval 2.0's weighted
+# annotators do with the API's log-probs): every verdict is readable, and the preference is graded.
+LETTER_PROMPT = JudgePrompt(
+    "zephyr-pair-letter", "pairwise", _SYSTEM,
+    "Two AI assistants answered the same instruction. Decide which answer follows the instruction better, "
+    "weighing helpfulness, relevance, accuracy and detail. " + _FAIR + "\n\n" + _ONE + _PAIR_ANSWERS
+    + "\n\nWhich answer is better? Reply with one letter only: A or B.",
+    "A|B", "general", "Compare two answers; the verdict is the probability of the first token being A or B.",
+)  # fmt: skip
+LETTER_OPTIONS = ("A", "B")

@@ -16,7 +16,7 @@ from typing import Any
 from zephyr.errors import ConfigError, DataError
 from zephyr.evaluate import alpaca as ae
 from zephyr.evaluate import mt_bench as mtb
-from zephyr.evaluate.judges import load_judge_prompts, run_tasks
+from zephyr.evaluate.judges import LETTER_OPTIONS, LETTER_PROMPT, load_judge_prompts, run_tasks
 from zephyr.evaluate.records import append_jsonl, read_jsonl, safe_name, write_json, write_jsonl
 from zephyr.evaluate.runner import DEFAULT_CONCURRENCY
 from zephyr.evaluate.scoring import summarize_pairwise, summarize_single
@@ -305,9 +305,16 @@ class AlpacaSettings(BackendSettings):
     temperature: float = _help("Sampling temperature for the outputs (0 = greedy).", default=0.7)
     top_p: float = _help("Nucleus sampling mass for the outputs.", default=1.0)
     seed: int = _help("Sampling seed for the outputs, and the seed of the judge's position order.", default=0)
+    judge_verdict: str = _choices(
+        "text: the judge writes a comparison ending in [[A]] or [[B]]; logprobs: a local judge answers one "
+        "letter and the preference is 1 + P(second better) from its first-token probabilities (every verdict "
+        "readable, graded like AlpacaEval 2.0's weighted annotators; suits small judges).",
+        ("text", "logprobs"), default="text")
 
     def __post_init__(self):
         super().__post_init__()
+        if self.judge_verdict not in ("text", "logprobs"):
+            raise ConfigError(f"`judge_verdict` must be text or logprobs; got {self.judge_verdict!r}")
         if self.max_new_tokens < 1:
             raise ConfigError(f"`max_new_tokens` must be at least 1; got {self.max_new_tokens}")
 
@@ -327,7 +334,13 @@ def alpaca(s: AlpacaSettings) -> dict:
                           "../shared/data/alpaca_eval/reference_text_davinci_003.json)")  # fmt: skip
     reference_file = s.reference_outputs or BUILTIN_REFERENCE_OUTPUTS
     references = ae.load_outputs(reference_file)
-    prompt = load_judge_prompts(s.judge_prompts).pick("pairwise", False, False)
+    if s.judge_verdict == "logprobs":
+        if s.judge_prompts:
+            raise ConfigError("`judge_prompts` and `judge_verdict: logprobs` do not go together: the letter "
+                              "verdict uses the project's one-letter prompt")  # fmt: skip
+        prompt = LETTER_PROMPT
+    else:
+        prompt = load_judge_prompts(s.judge_prompts).pick("pairwise", False, False)
     with _open(s.judge_spec()) as judge:
         annotations = _annotate(s, judge, prompt, outputs, references, str(reference_file), out)
     return alpaca_results(annotations, str(out))
@@ -367,7 +380,8 @@ def _annotate(s: AlpacaSettings, judge, prompt, outputs, references, reference_s
         for record in free:
             save(record)
         run_tasks(judge, tasks, save, max_tokens=s.judge_max_tokens, concurrency=s.concurrency,
-                  desc=f"annotate ({generator})")  # fmt: skip
+                  desc=f"annotate ({generator})",
+                  options=LETTER_OPTIONS if s.judge_verdict == "logprobs" else None)  # fmt: skip
         keys = [ae.annotation_key(ae.base_annotation(ref, o, annotator)) for ref, o in pairs]
         annotations = [done[k] for k in keys]
         write_json(out / safe_name(generator) / safe_name(annotator) / "annotations.json", annotations)

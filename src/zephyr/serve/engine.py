@@ -356,6 +356,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._lock = threading.Lock()
+        self._score_lock = threading.Lock()
 
     @classmethod
     def from_spec(cls, spec: str, *, chat_template: str | None = None, dtype: str = "auto",
@@ -387,6 +388,20 @@ class Engine:
         from zephyr.chat import encode
 
         return encode(self.tokenizer, text)
+
+    def next_token_logprobs(self, prompt_ids: Sequence[int], candidates: Sequence[int]) -> list[float]:
+        """Log-probabilities of ``candidates`` as the very next token after ``prompt_ids`` (one forward pass,
+        fp32 log-softmax over the tokenizer's vocabulary). Used to read a judge's verdict from its first
+        token's distribution instead of from sampled text. Calls are serialised so that many caller threads
+        do not oversubscribe the cores; they run beside the generation worker, which they do not disturb."""
+        if len(prompt_ids) > self.context_length:
+            raise InvalidRequest(f"The prompt has {len(prompt_ids)} tokens; the context holds {self.context_length}",
+                                 param="messages")  # fmt: skip
+        ids = torch.tensor([list(prompt_ids)], device=self.model.device)
+        with self._score_lock, torch.inference_mode():
+            logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1, : self._vocab]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        return [logprobs[c].item() for c in candidates]
 
     def submit(self, prompt_ids: list[int], params: SamplingParams | None = None, *, loop=None) -> RequestHandle:
         """Queue one prompt; raises InvalidRequest for a prompt or ``max_tokens`` that does not fit."""
