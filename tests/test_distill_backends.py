@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import importlib.util
 import json
+import math
 import socket
 import threading
 import time
@@ -84,7 +85,9 @@ class FaultProxy:
             with self.lock:
                 self.in_flight -= 1
 
-    def act(self, handler, action: str, body: bytes) -> None:
+    def act(self, handler, action, body: bytes) -> None:
+        if isinstance(action, tuple):  # (status, payload): a canned reply
+            return self.reply(handler, *action, {})
         if action == "pass":
             return self.forward(handler, body)
         if action == "hang":
@@ -378,6 +381,39 @@ def test_local_option_logprobs_equal_a_plain_forward_pass(local, served):
     assert got[0] != got[1]  # the conversation matters
     with pytest.raises(BackendError, match="distinct tokens"):
         local.option_logprobs(conversations, ("A", "A"))
-    with make_backend({"type": "openai", "model": "tiny", "base_url": served}) as remote:
-        with pytest.raises(BackendError, match="cannot score options"):
+    with make_backend(fast_retries(served)) as remote:  # our server does not send logprobs: refused at once
+        with pytest.raises(BackendError, match="sent no `logprobs`") as info:
             remote.option_logprobs(conversations, ("A", "B"))
+        assert info.value.attempts == 1
+
+
+def _logprobs_reply(top: list[tuple[str, float]]) -> bytes:
+    """A /chat/completions body as OpenAI sends it with logprobs=true, top_logprobs=N."""
+    entries = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top]
+    choice = {"index": 0, "message": {"role": "assistant", "content": top[0][0]}, "finish_reason": "length",
+              "logprobs": {"content": [dict(entries[0], top_logprobs=entries)]}}
+    return json.dumps({"id": "x", "object": "chat.completion", "choices": [choice],
+                       "usage": {"prompt_tokens": 5, "completion_tokens": 1}}).encode()
+
+
+def test_remote_option_logprobs_read_top_logprobs_and_retry(served):
+    requests = []
+    replies = {
+        "first": _logprobs_reply([("A", math.log(0.5)), (" A", math.log(0.2)), ("B", math.log(0.1)), ("The", -3.0)]),
+        "second": _logprobs_reply([("Sure", -0.1), ("I", -2.5)]),
+    }
+
+    def plan(body, attempt):
+        requests.append(body)
+        key = body["messages"][-1]["content"]
+        return "503" if attempt == 1 else (200, replies[key])
+
+    with FaultProxy(served, plan) as proxy, make_backend(fast_retries(proxy.url)) as remote:
+        (scores,) = remote.option_logprobs([[{"role": "user", "content": "first"}]], ("A", "B"))
+        assert scores["A"] == pytest.approx(math.log(0.7))  # "A" and " A" are the same answer
+        assert scores["B"] == pytest.approx(math.log(0.1))
+        with pytest.raises(BackendError, match="none of the options"):
+            remote.option_logprobs([[{"role": "user", "content": "second"}]], ("A", "B"))
+    assert all(r["logprobs"] is True and r["top_logprobs"] == 20 and r["max_tokens"] == 1 and r["temperature"] == 0
+               for r in requests)  # fmt: skip
+    assert len(requests) == 4  # each question once after a 503

@@ -25,6 +25,7 @@ import http.client
 import importlib.util
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -45,6 +46,7 @@ BACKEND_TYPES = ("local", "openai", "vllm")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 # HTTP statuses worth retrying: rate limits, request timeouts, and every server-side error.
+TOP_LOGPROBS = 20  # the most alternatives the OpenAI API returns per token
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
 
 
@@ -125,7 +127,8 @@ class Backend:
 
     def option_logprobs(self, conversations: Sequence[Sequence[dict]], options: Sequence[str]) -> list[dict[str, float]]:
         """For each conversation, the log-probability that the reply starts with each option (e.g. a judge's
-        "A" or "B"), read from the first token's distribution. Only backends that own the model can."""
+        "A" or "B"), read from the first token's distribution: local models directly, OpenAI-compatible
+        endpoints through `top_logprobs`."""
         raise BackendError(f"the {type(self).__name__} backend cannot score options by log-probability; "
                            "use a local model for this judge, or text verdicts")  # fmt: skip
 
@@ -327,6 +330,10 @@ def _local_generation(completion) -> Generation:
 # ---- OpenAI-compatible HTTP ---------------------------------------------------------------------------
 
 
+class _Refused(Exception):
+    """A reply that is well formed but cannot serve the request: fail at once, do not retry."""
+
+
 class _Transient(Exception):
     """A failed attempt worth retrying; ``retry_after`` is the server's requested wait in seconds."""
 
@@ -379,10 +386,10 @@ class OpenAIBackend(Backend):
     def generate(self, conversations, params: GenerationParams) -> list[list[Generation]]:
         tasks = [(i, j) for i in range(len(conversations)) for j in range(params.n)]
         if len(tasks) == 1:  # the common per-row call: no hand-off to another thread
-            futures = {(0, 0): _done(self._attempt_all, 0, conversations[0], params, 0)}
+            futures = {(0, 0): _done(self._generation, 0, conversations[0], params, 0)}
         else:
             pool = self._executor()
-            futures = {(i, j): pool.submit(self._attempt_all, i, conversations[i], params, j) for i, j in tasks}
+            futures = {(i, j): pool.submit(self._generation, i, conversations[i], params, j) for i, j in tasks}
         results: list = [[None] * params.n for _ in conversations]
         failures: dict[int, BackendError] = {}
         for (i, j), future in futures.items():
@@ -400,14 +407,33 @@ class OpenAIBackend(Backend):
                 self._pool = ThreadPoolExecutor(self.spec.concurrency, thread_name_prefix=f"zephyr-{self.name}")
             return self._pool
 
-    def _attempt_all(self, index: int, messages, params: GenerationParams, choice: int) -> Generation:
-        body = json.dumps(self._body(messages, params, choice)).encode("utf-8")
+    def option_logprobs(self, conversations, options) -> list[dict[str, float]]:
+        """One token at temperature 0 with the API's `top_logprobs` (at most 20); an option's log-prob
+        sums the variants of its token that differ only in surrounding spaces (" A" and "A")."""
+        out = []
+        for i, messages in enumerate(conversations):
+            body = {"model": self.spec.model, "messages": list(messages), "temperature": 0.0, "max_tokens": 1,
+                    "n": 1, "logprobs": True, "top_logprobs": TOP_LOGPROBS}  # fmt: skip
+            top = self._attempt_all(i, body, _parse_top_logprobs)
+            scores = {o: _logsumexp([lp for tok, lp in top if tok.strip() == o.strip()]) for o in options}
+            if all(v == float("-inf") for v in scores.values()):
+                raise BackendError(f"{self.name}: none of the options {list(options)} is among the first reply "
+                                   f"token's {TOP_LOGPROBS} most likely tokens ({[t for t, _ in top][:8]}...)",
+                                   index=i)  # fmt: skip
+            out.append(scores)
+        return out
+
+    def _generation(self, index: int, messages, params: GenerationParams, choice: int) -> Generation:
+        return self._attempt_all(index, self._body(messages, params, choice), _parse_chat_reply)
+
+    def _attempt_all(self, index: int, request: dict, parse):
+        body = json.dumps(request).encode("utf-8")
         last: _Transient | None = None
         for attempt in range(self.spec.max_retries + 1):
             if attempt:
                 self._wait(self._delay(attempt, last), index)
             try:
-                return self._attempt(body, index)
+                return self._attempt(body, index, parse)
             except _Transient as exc:
                 last = exc
                 log.debug("%s: attempt %d for row %d failed: %s", self.name, attempt + 1, index, exc)
@@ -424,7 +450,7 @@ class OpenAIBackend(Backend):
             body["seed"] = params.seed_of(choice)
         return body
 
-    def _attempt(self, body: bytes, index: int) -> Generation:
+    def _attempt(self, body: bytes, index: int, parse):
         if self._closed.is_set():
             raise BackendError("the backend was closed", index=index)
         try:
@@ -435,7 +461,9 @@ class OpenAIBackend(Backend):
             raise _Transient(f"{kind} ({type(exc).__name__}: {exc})") from None
         if status == 200:
             try:
-                return _parse_chat_reply(data)
+                return parse(data)
+            except _Refused as exc:
+                raise BackendError(f"{self.name} at {self._url()}: {exc}", index=index) from None
             except ValueError as exc:
                 raise _Transient(f"unreadable reply ({exc}): {_snippet(data)}") from None
         if status in RETRY_STATUSES or status >= 500:
@@ -510,6 +538,27 @@ def _parse_chat_reply(data: bytes) -> Generation:
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
     )
+
+
+def _parse_top_logprobs(data: bytes) -> list[tuple[str, float]]:
+    """(token, log-prob) of the first reply token's alternatives in a /chat/completions body with
+    `logprobs`; ValueError when it has none (a server that ignores the option)."""
+    reply = _parse_chat_reply(data)  # ValueError (retried) for a reply that is not a chat completion at all
+    try:
+        first = json.loads(data)["choices"][0]["logprobs"]["content"][0]
+        top = first.get("top_logprobs") or [first]
+        return [(str(t["token"]), float(t["logprob"])) for t in top]
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        # A well-formed reply without log-probs: asking again will not help.
+        raise _Refused(f"the server answered ({reply.text[:40]!r}) but sent no `logprobs` for its tokens; this "
+                       "judge needs an endpoint that supports `logprobs`/`top_logprobs`") from None
+
+
+def _logsumexp(values: list[float]) -> float:
+    if not values:
+        return float("-inf")
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
 
 
 def _retry_after(headers) -> float | None:

@@ -306,9 +306,9 @@ class AlpacaSettings(BackendSettings):
     top_p: float = _help("Nucleus sampling mass for the outputs.", default=1.0)
     seed: int = _help("Sampling seed for the outputs, and the seed of the judge's position order.", default=0)
     judge_verdict: str = _choices(
-        "text: the judge writes a comparison ending in [[A]] or [[B]]; logprobs: a local judge answers one "
-        "letter and the preference is 1 + P(second better) from its first-token probabilities (every verdict "
-        "readable, graded like AlpacaEval 2.0's weighted annotators; suits small judges).",
+        "text: the judge writes a comparison ending in [[A]] or [[B]]; logprobs: the judge answers one letter "
+        "and the preference is 1 + P(second better) from its first-token probabilities (every verdict readable, "
+        "graded like AlpacaEval 2.0's weighted annotators; a local judge, or an endpoint with `top_logprobs`).",
         ("text", "logprobs"), default="text")
 
     def __post_init__(self):
