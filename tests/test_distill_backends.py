@@ -381,10 +381,31 @@ def test_local_option_logprobs_equal_a_plain_forward_pass(local, served):
     assert got[0] != got[1]  # the conversation matters
     with pytest.raises(BackendError, match="distinct tokens"):
         local.option_logprobs(conversations, ("A", "A"))
-    with make_backend(fast_retries(served)) as remote:  # our server does not send logprobs: refused at once
-        with pytest.raises(BackendError, match="sent no `logprobs`") as info:
-            remote.option_logprobs(conversations, ("A", "B"))
-        assert info.value.attempts == 1
+    # Through `zephyr serve` (top_logprobs) the same numbers come back, for options among the top tokens.
+    client_body = {"model": "tiny", "messages": conversations[0], "max_tokens": 1, "temperature": 0,
+                   "logprobs": True, "top_logprobs": 20}  # fmt: skip
+    request = urllib.request.Request(served + "/chat/completions", data=json.dumps(client_body).encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as r:
+        tops = [t["token"] for t in json.load(r)["choices"][0]["logprobs"]["content"][0]["top_logprobs"]]
+    options = tuple(t for t in tops if t.strip() and [x.strip() for x in tops].count(t.strip()) == 1
+                    and tokenizer.encode(t, add_special_tokens=False) == tokenizer.encode(t.strip(), add_special_tokens=False)
+                    and len(tokenizer.encode(t, add_special_tokens=False)) == 1)[:2]  # fmt: skip
+    assert len(options) == 2, tops
+    with make_backend(fast_retries(served)) as remote:
+        remote_scores = remote.option_logprobs(conversations[:1], options)[0]
+    local_scores = local.option_logprobs(conversations[:1], options)[0]
+    assert remote_scores == pytest.approx(local_scores, abs=1e-4)
+
+
+def test_remote_judge_without_logprobs_is_refused_at_once(served):
+    no_logprobs = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "A"},
+                                           "finish_reason": "length", "logprobs": None}]}).encode()  # fmt: skip
+    with FaultProxy(served, lambda body, attempt: (200, no_logprobs)) as proxy:
+        with make_backend(fast_retries(proxy.url)) as remote:
+            with pytest.raises(BackendError, match="sent no `logprobs`") as info:
+                remote.option_logprobs([[{"role": "user", "content": "x"}]], ("A", "B"))
+    assert info.value.attempts == 1 and sum(proxy.attempts.values()) == 1
 
 
 def _logprobs_reply(top: list[tuple[str, float]]) -> bytes:

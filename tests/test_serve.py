@@ -14,6 +14,7 @@ import time
 import urllib.request
 
 import pytest
+import torch
 
 openai = pytest.importorskip("openai", reason="the server tests drive the server with the official openai client")
 
@@ -349,3 +350,44 @@ def test_serve_command_with_api_key_from_the_environment(tiny_model_dir):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_chat_logprobs_are_the_models_own(client, engine):
+    from zephyr.chat import encode_prompt
+
+    kwargs = dict(max_tokens=6, temperature=1.0, seed=3)
+    reply = client.chat.completions.create(model="tiny", messages=CONVERSATIONS[0], logprobs=True, top_logprobs=3,
+                                           **kwargs)  # fmt: skip
+    expected = engine.generate([CONVERSATIONS[0]], SamplingParams(top_logprobs=3, **kwargs))[0].choices[0]
+    content = reply.choices[0].logprobs.content
+    assert len(content) == len(expected.token_ids) == len(expected.logprobs) > 0  # one per token, EOS excluded
+    for entry, mine in zip(content, expected.logprobs, strict=True):
+        assert entry.logprob == pytest.approx(mine.logprob, abs=1e-5) and entry.logprob <= 0
+        assert len(entry.top_logprobs) == 3
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert tops == sorted(tops, reverse=True) and tops[0] >= entry.logprob
+        assert entry.token == engine.tokenizer.decode([mine.token_id], clean_up_tokenization_spaces=False)
+        assert entry.bytes == list(entry.token.encode())
+    # The first token's log-prob is the model's own next-token distribution, before temperature.
+    ids = torch.tensor([encode_prompt(engine.tokenizer, CONVERSATIONS[0])])
+    with torch.no_grad():
+        logits = engine.model(ids).logits[0, -1, : len(engine.tokenizer)]
+    first = expected.logprobs[0]
+    assert first.logprob == pytest.approx(torch.log_softmax(logits.float(), -1)[first.token_id].item(), abs=1e-4)
+    greedy = client.chat.completions.create(model="tiny", messages=CONVERSATIONS[0], max_tokens=3, temperature=0,
+                                            logprobs=True)  # fmt: skip
+    assert all(e.top_logprobs == [] for e in greedy.choices[0].logprobs.content)
+    plain = client.chat.completions.create(model="tiny", messages=CONVERSATIONS[0], max_tokens=3)
+    assert plain.choices[0].logprobs is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"top_logprobs": 2}, {"logprobs": True, "top_logprobs": 21}, {"logprobs": True, "stream": True}],
+)
+def test_bad_logprobs_requests_are_refused(server, change):
+    body = {"model": "tiny", "messages": CONVERSATIONS[0], "max_tokens": 2} | change
+    status, payload = raw_post(server, "/v1/chat/completions", json.dumps(body).encode())
+    assert status == 400 and "logprobs" in payload["error"]["message"]
+    status, payload = raw_post(server, "/v1/completions", json.dumps({"prompt": "hi", "logprobs": 2}).encode())
+    assert status == 400 and "chat/completions" in payload["error"]["message"]

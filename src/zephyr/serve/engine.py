@@ -66,6 +66,9 @@ class SamplingParams:
     seed: int | None = None
     stop: Sequence[str] = ()
     n: int = 1
+    # None: no log-probs. k >= 0: record each generated token's log-prob (under the model's own
+    # distribution, before temperature and top-p) and its k most likely alternatives.
+    top_logprobs: int | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -76,6 +79,8 @@ class SamplingParams:
             ("temperature", self.temperature >= 0, "must be >= 0 (0 means greedy)"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
             ("n", self.n >= 1, "must be at least 1"),
+            ("top_logprobs", self.top_logprobs is None or 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
+             f"must be between 0 and {MAX_TOP_LOGPROBS}"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -92,11 +97,21 @@ class Delta:
 
 
 @dataclass
+class TokenLogprob:
+    """One generated token's log-prob and the most likely alternatives at its position, best first."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
 class Choice:
     index: int
     text: str
     token_ids: list[int]
     finish_reason: str
+    logprobs: list[TokenLogprob] | None = None  # one per token of token_ids, when asked for
 
 
 @dataclass
@@ -107,6 +122,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
 
+
+MAX_TOP_LOGPROBS = 20  # as the OpenAI API
 
 _DONE = object()  # end-of-request marker on a handle's event queue
 
@@ -181,7 +198,8 @@ class RequestHandle:
         return self.completion()
 
     def completion(self) -> Completion:
-        choices = [Choice(r.index, r.text, r.token_ids, r.finish_reason or "length") for r in self.rows]
+        choices = [Choice(r.index, r.text, r.token_ids, r.finish_reason or "length",
+                          r.logprobs if r.params.top_logprobs is not None else None) for r in self.rows]
         return Completion(choices, self.prompt_tokens, self.completion_tokens)
 
 
@@ -198,6 +216,8 @@ class _Row:
     text: str = ""
     emitted: int = 0  # characters of ``text`` already sent to the client
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+    pending_logprob: TokenLogprob | None = None  # the sampled token's, until accept() keeps or drops it
 
     @property
     def params(self) -> SamplingParams:
@@ -209,6 +229,9 @@ class _Row:
         if token in engine.eos_ids:
             return self.finish("stop", len(self.text))
         self.token_ids.append(token)
+        if self.pending_logprob is not None:
+            self.logprobs = (self.logprobs or []) + [self.pending_logprob]
+            self.pending_logprob = None
         # No clean-up of spaces: it can rewrite already-streamed text ("a ," -> "a,") as tokens arrive.
         self.text = engine.tokenizer.decode(self.token_ids, skip_special_tokens=True,
                                             clean_up_tokenization_spaces=False)
@@ -306,6 +329,20 @@ def _pad_time(t: torch.Tensor, width: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = missing
     return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def record_logprobs(logits: torch.Tensor, rows: Sequence[_Row], tokens: Sequence[int]) -> None:
+    """For rows that asked for log-probs, the sampled token's log-prob and the top alternatives."""
+    wanted = [i for i, r in enumerate(rows) if r.params.top_logprobs is not None]
+    if not wanted:
+        return
+    logprobs = torch.log_softmax(logits[wanted].float(), dim=-1)
+    k = max(rows[i].params.top_logprobs for i in wanted)
+    top_values, top_ids = logprobs.topk(k, dim=-1) if k else (logprobs[:, :0], logprobs[:, :0].long())
+    for j, i in enumerate(wanted):
+        keep = rows[i].params.top_logprobs
+        top = list(zip(top_ids[j, :keep].tolist(), top_values[j, :keep].tolist(), strict=True))
+        rows[i].pending_logprob = TokenLogprob(tokens[i], logprobs[j, tokens[i]].item(), top)
 
 
 def sample(logits: torch.Tensor, rows: Sequence[_Row]) -> list[int]:
@@ -571,6 +608,7 @@ class Engine:
         cache = DynamicCache()
         logits = self._forward(ids, mask, cache)
         tokens = sample(logits, rows)
+        record_logprobs(logits, rows, tokens)
         next_ids = torch.tensor(tokens, device=self.model.device)[:, None]
         self._batch.extend(rows, cache, mask.to(self.model.device), next_ids)
         self._accept(rows, tokens)
@@ -581,6 +619,7 @@ class Engine:
         logits = self._forward(batch.next_ids, mask, batch.cache)
         batch.mask = mask
         tokens = sample(logits, batch.rows)
+        record_logprobs(logits, batch.rows, tokens)
         batch.next_ids = torch.tensor(tokens, device=self.model.device)[:, None]
         self._accept(batch.rows, tokens)
 

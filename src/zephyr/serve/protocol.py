@@ -11,9 +11,9 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
-from zephyr.serve.engine import SamplingParams
+from zephyr.serve.engine import MAX_TOP_LOGPROBS, SamplingParams
 
 MAX_N = 16
 MAX_STOPS = 4
@@ -83,6 +83,16 @@ class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     # Newer OpenAI clients send this name instead of max_tokens.
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _logprobs_options(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("`top_logprobs` needs `logprobs: true`")
+        if self.logprobs and self.stream:
+            raise ValueError("`logprobs` is served without `stream` only; ask for the whole reply")
+        return self
 
     def conversation(self) -> list[dict]:
         return [{"role": m.role, "content": m.text()} for m in self.messages]
@@ -91,11 +101,21 @@ class ChatCompletionRequest(SamplingRequest):
         params = super().sampling_params()
         if params.max_tokens is None:
             params.max_tokens = self.max_completion_tokens
+        if self.logprobs:
+            params.top_logprobs = self.top_logprobs or 0
         return params
 
 
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str] = Field(min_length=1)
+    logprobs: int | None = None  # the legacy per-token format: refused rather than silently ignored
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_legacy_logprobs(cls, value):
+        if value is not None:
+            raise ValueError("`logprobs` is served on /v1/chat/completions only (logprobs, top_logprobs)")
+        return value
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else self.prompt
@@ -128,11 +148,28 @@ class AssistantMessage(APIModel):
     content: str
 
 
+class TopLogprob(APIModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprobs(APIModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(APIModel):
+    content: list[TokenLogprobs]
+
+
 class ChatChoice(APIModel):
     index: int
     message: AssistantMessage
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(APIModel):

@@ -144,8 +144,27 @@ class Handlers:
             return _stream(self._chat_chunks(handle, rid, body.include_usage))
         result = await _await_unless_gone(handle, request)
         choices = [api.ChatChoice(index=c.index, message=api.AssistantMessage(content=c.text),
-                                  finish_reason=c.finish_reason) for c in result.choices]
+                                  finish_reason=c.finish_reason, logprobs=self._logprobs(c.logprobs))
+                   for c in result.choices]  # fmt: skip
         return api.ChatCompletion(id=rid, model=self.model_name, choices=choices, usage=_usage(result))
+
+    def _logprobs(self, tokens) -> api.ChoiceLogprobs | None:
+        """OpenAI's per-token log-prob entries; a token is shown as the text it decodes to."""
+        if tokens is None:
+            return None
+
+        def text(token_id: int) -> str:
+            return self.engine.tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
+
+        def entry(token_id: int, logprob: float) -> dict:
+            t = text(token_id)
+            return {"token": t, "logprob": logprob, "bytes": list(t.encode("utf-8"))}
+
+        return api.ChoiceLogprobs(content=[
+            api.TokenLogprobs(**entry(t.token_id, t.logprob),
+                              top_logprobs=[api.TopLogprob(**entry(i, lp)) for i, lp in t.top])
+            for t in tokens
+        ])  # fmt: skip
 
     async def _chat_chunks(self, handle: RequestHandle, rid: str, include_usage: bool) -> AsyncIterator[str]:
         def chunk(choices, usage=None):
