@@ -133,6 +133,15 @@ def test_letter_verdicts_from_logprobs_give_graded_preferences(tmp_path, monkeyp
     assert model["win_rate"] == pytest.approx(80.0) and model["n_wins"] == 24 and model["n_missing"] == 0
 
 
+def test_a_letter_missing_from_the_top_logprobs_counts_as_probability_zero():
+    base = {"instruction": "i"}
+    build = ae._letter_builder(base, False, None)
+    record = build([{"A": math.log(0.3), "B": float("-inf")}])
+    assert record["preference"] == 1.0 and record["raw_completion"]["logprobs"] == {"A": math.log(0.3), "B": None}
+    json.dumps(record, allow_nan=False)  # stays valid JSON
+    assert ae._letter_builder(base, True, None)([{"A": float("-inf"), "B": -2.0}])["preference"] == 1.0
+
+
 def test_letter_verdicts_need_a_judge_that_can_score(tmp_path, monkeypatch):
     with pytest.raises(RunInterrupted, match="cannot score options"):
         run_alpaca(tmp_path, monkeypatch, ScriptedBackend("judge-x", fair_judge), judge_verdict="logprobs")

@@ -190,7 +190,9 @@ def _letter_builder(base: dict, switched: bool, prompt: JudgePrompt):
         p_b = math.exp(lp_b - top) / (math.exp(lp_a - top) + math.exp(lp_b - top))
         first_wins = 1.0 + p_b  # 1 = the output shown first is better
         preference = 3.0 - first_wins if switched else first_wins
-        return base | {"preference": preference, "raw_completion": {"logprobs": {"A": lp_a, "B": lp_b}}}
+        # A letter outside an endpoint's top_logprobs is -inf: stored as null, since JSON has no infinity.
+        shown = {k: v if math.isfinite(v) else None for k, v in (("A", lp_a), ("B", lp_b))}
+        return base | {"preference": preference, "raw_completion": {"logprobs": shown}}
 
     return build
 
