@@ -6,7 +6,7 @@ new tokens per turn), each in its own process. The batched side keeps every ques
 once (the default `--concurrency`); the sequential side answers one question at a time. Reported:
 wall time (model load included), generated tokens and tokens/s per side. Floors: the batched side
 answers the 16 x 2 built-in set in under 5 minutes on CPU; speedup is the ratio of tokens/s
-(sampled answers differ in length between the sides, so rates are compared, not times).
+(sampled answers could differ in length between the sides, so rates are compared, not times).
 
     python bench/eval_generation.py                     # embedded model, built-in set, recorded
     python bench/eval_generation.py --model DIR --no-record

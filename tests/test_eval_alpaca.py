@@ -135,11 +135,11 @@ def test_letter_verdicts_from_logprobs_give_graded_preferences(tmp_path, monkeyp
 
 def test_a_letter_missing_from_the_top_logprobs_counts_as_probability_zero():
     base = {"instruction": "i"}
-    build = ae._letter_builder(base, False, None)
+    build = ae._letter_builder(base, False)
     record = build([{"A": math.log(0.3), "B": float("-inf")}])
     assert record["preference"] == 1.0 and record["raw_completion"]["logprobs"] == {"A": math.log(0.3), "B": None}
     json.dumps(record, allow_nan=False)  # stays valid JSON
-    assert ae._letter_builder(base, True, None)([{"A": float("-inf"), "B": -2.0}])["preference"] == 1.0
+    assert ae._letter_builder(base, True)([{"A": float("-inf"), "B": -2.0}])["preference"] == 1.0
 
 
 def test_letter_verdicts_need_a_judge_that_can_score(tmp_path, monkeypatch):

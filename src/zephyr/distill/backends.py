@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 BACKEND_TYPES = ("local", "openai", "vllm")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
-# HTTP statuses worth retrying: rate limits, request timeouts, and every server-side error.
 TOP_LOGPROBS = 20  # the most alternatives the OpenAI API returns per token
+# HTTP statuses worth retrying: rate limits, request timeouts, and every server-side error.
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
 
 

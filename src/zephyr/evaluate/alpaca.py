@@ -151,8 +151,9 @@ def base_annotation(ref: dict, out: dict, annotator: str) -> dict:
 
 
 def annotation_tasks(pairs: Sequence[tuple[dict, dict]], prompt: JudgePrompt, annotator: str, seed: int,
-                     done: dict) -> tuple[list[JudgeTask], list[dict]]:
-    """Judge tasks for the pairs not yet annotated, and the annotations that need no judge (identical outputs)."""
+                     done: dict, letter: bool = False) -> tuple[list[JudgeTask], list[dict]]:
+    """Judge tasks for the pairs not yet annotated, and the annotations that need no judge (identical outputs).
+    With ``letter`` the verdicts are the judge's first-token log-probs of "A" and "B", not its text."""
     tasks, free = [], []
     for ref, out in pairs:
         base = base_annotation(ref, out, annotator)
@@ -165,7 +166,7 @@ def annotation_tasks(pairs: Sequence[tuple[dict, dict]], prompt: JudgePrompt, an
         switched = is_switched(out["instruction"], seed)
         a, b = (out["output"], ref["output"]) if switched else (ref["output"], out["output"])
         user = prompt.render(question=out["instruction"], answer_a=a, answer_b=b)
-        build = (_letter_builder if prompt.output_format == "A|B" else _annotation_builder)(base, switched, prompt)
+        build = _letter_builder(base, switched) if letter else _annotation_builder(base, switched, prompt)
         tasks.append(JudgeTask(key, [prompt.conversation(user)], build))
     return tasks, free
 
@@ -180,7 +181,7 @@ def _annotation_builder(base: dict, switched: bool, prompt: JudgePrompt):
     return build
 
 
-def _letter_builder(base: dict, switched: bool, prompt: JudgePrompt):
+def _letter_builder(base: dict, switched: bool):
     """A graded preference from the judge's first-token log-probs of "A" and "B": 1 + P(second shown is
     better), renormalised over the two letters, then mapped back to output_1/output_2."""
 

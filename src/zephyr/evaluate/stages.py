@@ -372,16 +372,17 @@ def _annotate(s: AlpacaSettings, judge, prompt, outputs, references, reference_s
         append_jsonl(cache, [record])
         done[ae.annotation_key(record)] = record
 
+    letter = s.judge_verdict == "logprobs"
     all_annotations = []
     for generator in dict.fromkeys(o["generator"] for o in outputs):
         mine = [o for o in outputs if o["generator"] == generator]
         pairs = ae.pair_with_references(mine, references, reference_source)
-        tasks, free = ae.annotation_tasks(pairs, prompt, annotator, s.seed, done)
+        tasks, free = ae.annotation_tasks(pairs, prompt, annotator, s.seed, done, letter=letter)
         for record in free:
             save(record)
         run_tasks(judge, tasks, save, max_tokens=s.judge_max_tokens, concurrency=s.concurrency,
                   desc=f"annotate ({generator})",
-                  options=LETTER_OPTIONS if s.judge_verdict == "logprobs" else None)  # fmt: skip
+                  options=LETTER_OPTIONS if letter else None)  # fmt: skip
         keys = [ae.annotation_key(ae.base_annotation(ref, o, annotator)) for ref, o in pairs]
         annotations = [done[k] for k in keys]
         write_json(out / safe_name(generator) / safe_name(annotator) / "annotations.json", annotations)

@@ -216,7 +216,7 @@ class _Row:
     text: str = ""
     emitted: int = 0  # characters of ``text`` already sent to the client
     finish_reason: str | None = None
-    logprobs: list[TokenLogprob] | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # filled only when the request asks
     pending_logprob: TokenLogprob | None = None  # the sampled token's, until accept() keeps or drops it
 
     @property
@@ -230,7 +230,7 @@ class _Row:
             return self.finish("stop", len(self.text))
         self.token_ids.append(token)
         if self.pending_logprob is not None:
-            self.logprobs = (self.logprobs or []) + [self.pending_logprob]
+            self.logprobs.append(self.pending_logprob)
             self.pending_logprob = None
         # No clean-up of spaces: it can rewrite already-streamed text ("a ," -> "a,") as tokens arrive.
         self.text = engine.tokenizer.decode(self.token_ids, skip_special_tokens=True,
