@@ -61,9 +61,13 @@ def append_to_benchmarks(title: str, command: str, table: str, result_line: str)
     """Append one dated section to BENCHMARKS.md."""
     path = ROOT / "BENCHMARKS.md"
     if not path.exists():
-        path.write_text("# Benchmarks\n\nEach section is appended by a script under `bench/`; ratios compare two sides "
-                        "measured in the same run, each in its own process.\n")
+        path.write_text(
+            "# Benchmarks\n\nEach section is appended by a script under `bench/`; ratios compare two sides "
+            "measured in the same run, each in its own process.\n"
+        )
     stamp = time.strftime("%Y-%m-%d %H:%M")
     with open(path, "a") as f:
-        f.write(f"\n## {title} ({stamp})\n\nMachine: {machine()}\n\nCommand: `{command.strip()}`\n\n{table}\n\n"
-                f"```\n{result_line}\n```\n")
+        f.write(
+            f"\n## {title} ({stamp})\n\nMachine: {machine()}\n\nCommand: `{command.strip()}`\n\n{table}\n\n"
+            f"```\n{result_line}\n```\n"
+        )

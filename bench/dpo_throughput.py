@@ -52,12 +52,22 @@ def pairs(opts):
 
 def _args(cls, opts, **extra):
     return cls(
-        output_dir=tempfile.mkdtemp(prefix="bench-dpo-"), per_device_train_batch_size=opts.batch,
-        max_steps=opts.steps + 1, learning_rate=5e-7, lr_scheduler_type="constant", beta=0.1,
-        gradient_checkpointing=opts.gradient_checkpointing, report_to=[], save_strategy="no",
-        logging_steps=1000, use_cpu=not opts.gpu, bf16=opts.gpu, seed=42, train_sampling_strategy="sequential",
+        output_dir=tempfile.mkdtemp(prefix="bench-dpo-"),
+        per_device_train_batch_size=opts.batch,
+        max_steps=opts.steps + 1,
+        learning_rate=5e-7,
+        lr_scheduler_type="constant",
+        beta=0.1,
+        gradient_checkpointing=opts.gradient_checkpointing,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1000,
+        use_cpu=not opts.gpu,
+        bf16=opts.gpu,
+        seed=42,
+        train_sampling_strategy="sequential",
         **extra,
-    )  # fmt: skip
+    )
 
 
 def _policy(opts):
@@ -72,14 +82,21 @@ def side_trl(opts) -> dict:
     tokenizer, ds = pairs(opts)
     model = _policy(opts)
     ref = copy.deepcopy(model).eval()
+
     class PreTokenizedDPOTrainer(trl.DPOTrainer):
         # TRL 1.16 tokenizes text itself; our pairs are already tokens (identical for both sides).
         def _prepare_dataset(self, dataset, *args, **kwargs):
             return dataset
 
     timer = StepTimer()
-    trainer = PreTokenizedDPOTrainer(model=model, ref_model=ref, args=_args(trl.DPOConfig, opts, max_length=opts.max_length),
-                             train_dataset=ds, processing_class=tokenizer, callbacks=[timer.callback])
+    trainer = PreTokenizedDPOTrainer(
+        model=model,
+        ref_model=ref,
+        args=_args(trl.DPOConfig, opts, max_length=opts.max_length),
+        train_dataset=ds,
+        processing_class=tokenizer,
+        callbacks=[timer.callback],
+    )
     trainer.train()
     return _summary(timer, opts, losses=trainer.state.log_history)
 
@@ -93,8 +110,13 @@ def side_zephyr(opts, precomputed: bool = False) -> dict:
 
     tokenizer, ds = pairs(opts)
     model = _policy(opts)
-    args = _args(DPOConfig, opts, max_length=opts.max_length, max_prompt_length=opts.max_prompt_length,
-                 precompute_ref_log_probs=precomputed)  # fmt: skip
+    args = _args(
+        DPOConfig,
+        opts,
+        max_length=opts.max_length,
+        max_prompt_length=opts.max_prompt_length,
+        precompute_ref_log_probs=precomputed,
+    )
     collator = PairCollator("shared")
     ref = None
     cache_s = None
@@ -102,7 +124,9 @@ def side_zephyr(opts, precomputed: bool = False) -> dict:
         from accelerate import PartialState
 
         t0 = time.perf_counter()
-        ds = precompute_reference_logps(ds, model, collator, opts.batch, PartialState(), "train", opts.cache_dir)
+        ds = precompute_reference_logps(
+            ds, model, collator, opts.batch, PartialState(), "train", opts.cache_dir
+        )
         cache_s = time.perf_counter() - t0
         if opts.side == "cache":
             return {"cache_s": cache_s, "peak_rss_gb": peak_rss_gb()}
@@ -110,8 +134,15 @@ def side_zephyr(opts, precomputed: bool = False) -> dict:
         ref = copy.deepcopy(model).eval()
         use_packed_attention(ref)
     timer = StepTimer()
-    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, data_collator=collator,
-                         processing_class=tokenizer, callbacks=[timer.callback])
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref,
+        args=args,
+        train_dataset=ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[timer.callback],
+    )
     use_packed_attention(trainer.model)
     trainer.train()
     return _summary(timer, opts, losses=trainer.state.log_history, cache_load_s=cache_s)
@@ -120,15 +151,22 @@ def side_zephyr(opts, precomputed: bool = False) -> dict:
 def _summary(timer, opts, **extra) -> dict:
     seconds = sum(timer.times[1:])
     n_pairs = opts.batch * opts.steps
-    return {"pairs_per_s": n_pairs / seconds, "s_per_step": seconds / opts.steps, "peak_rss_gb": peak_rss_gb(),
-            "step_times": timer.times, **extra}
+    return {
+        "pairs_per_s": n_pairs / seconds,
+        "s_per_step": seconds / opts.steps,
+        "peak_rss_gb": peak_rss_gb(),
+        "step_times": timer.times,
+        **extra,
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--side", choices=["trl", "zephyr", "cache", "zephyr_precomputed"], help="internal")
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--steps", type=int, default=3, help="timed steps (one more untimed warm-up step runs first)")
+    p.add_argument(
+        "--steps", type=int, default=3, help="timed steps (one more untimed warm-up step runs first)"
+    )
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--max-prompt-length", type=int, default=512)
@@ -155,23 +193,33 @@ def main() -> None:
     speedup_pre = pre["pairs_per_s"] / trl["pairs_per_s"]
     mem = ours["peak_rss_gb"] / trl["peak_rss_gb"]
     mem_pre = pre["peak_rss_gb"] / trl["peak_rss_gb"]
-    table = "\n".join([
-        "| side | pairs/s | s/step | peak RSS (GB) |",
-        "|---|---|---|---|",
-        f"| TRL 1.16 DPOTrainer (padded, ref model in memory) | {trl['pairs_per_s']:.3f} | {trl['s_per_step']:.1f} | {trl['peak_rss_gb']:.2f} |",
-        f"| zephyr dpo (padding-free + prefix sharing, ref model in memory) | {ours['pairs_per_s']:.3f} | {ours['s_per_step']:.1f} | {ours['peak_rss_gb']:.2f} |",
-        f"| zephyr dpo, precomputed reference log-probs | {pre['pairs_per_s']:.3f} | {pre['s_per_step']:.1f} | {pre['peak_rss_gb']:.2f} |",
-        f"| (building that cache, {opts.batch * (opts.steps + 1)} pairs, separate process) | | {built['cache_s']:.1f} s total | {built['peak_rss_gb']:.2f} |",
-    ])  # fmt: skip
-    settings = (f"model {opts.model}, {'bf16 GPU' if opts.gpu else 'fp32 CPU'}, batch {opts.batch} pairs, max_length "
-                f"{opts.max_length}, max_prompt_length {opts.max_prompt_length}, gradient checkpointing "
-                f"{'on' if opts.gradient_checkpointing else 'off'}, {opts.steps} timed steps after 1 warm-up")
-    result = (f"RESULT speedup={speedup:.2f} speedup_precomputed={speedup_pre:.2f} peak_mem_ratio={mem:.2f} "
-              f"peak_mem_ratio_precomputed={mem_pre:.2f}")
+    table = "\n".join(
+        [
+            "| side | pairs/s | s/step | peak RSS (GB) |",
+            "|---|---|---|---|",
+            f"| TRL 1.16 DPOTrainer (padded, ref model in memory) | {trl['pairs_per_s']:.3f} | {trl['s_per_step']:.1f} | {trl['peak_rss_gb']:.2f} |",
+            f"| zephyr dpo (padding-free + prefix sharing, ref model in memory) | {ours['pairs_per_s']:.3f} | {ours['s_per_step']:.1f} | {ours['peak_rss_gb']:.2f} |",
+            f"| zephyr dpo, precomputed reference log-probs | {pre['pairs_per_s']:.3f} | {pre['s_per_step']:.1f} | {pre['peak_rss_gb']:.2f} |",
+            f"| (building that cache, {opts.batch * (opts.steps + 1)} pairs, separate process) | | {built['cache_s']:.1f} s total | {built['peak_rss_gb']:.2f} |",
+        ]
+    )
+    settings = (
+        f"model {opts.model}, {'bf16 GPU' if opts.gpu else 'fp32 CPU'}, batch {opts.batch} pairs, max_length "
+        f"{opts.max_length}, max_prompt_length {opts.max_prompt_length}, gradient checkpointing "
+        f"{'on' if opts.gradient_checkpointing else 'off'}, {opts.steps} timed steps after 1 warm-up"
+    )
+    result = (
+        f"RESULT speedup={speedup:.2f} speedup_precomputed={speedup_pre:.2f} peak_mem_ratio={mem:.2f} "
+        f"peak_mem_ratio_precomputed={mem_pre:.2f}"
+    )
     print(settings, table, json.dumps({"trl": trl, "zephyr": ours, "precomputed": pre}), result, sep="\n")
     if "--no-record" not in sys.argv:
-        append_to_benchmarks("DPO throughput vs TRL", "python bench/dpo_throughput.py " + " ".join(args),
-                             settings + "\n\n" + table, result)
+        append_to_benchmarks(
+            "DPO throughput vs TRL",
+            "python bench/dpo_throughput.py " + " ".join(args),
+            settings + "\n\n" + table,
+            result,
+        )
 
 
 if __name__ == "__main__":

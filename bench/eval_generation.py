@@ -34,8 +34,14 @@ def side(opts, concurrency: int) -> dict:
     from zephyr.models import load_tokenizer
 
     out = Path(tempfile.mkdtemp(prefix="bench-eval-"))
-    settings = MTBenchSettings(model=opts.model, model_name="bench", output_dir=str(out), concurrency=concurrency,
-                               questions=opts.questions, max_new_tokens=opts.max_new_tokens)
+    settings = MTBenchSettings(
+        model=opts.model,
+        model_name="bench",
+        output_dir=str(out),
+        concurrency=concurrency,
+        questions=opts.questions,
+        max_new_tokens=opts.max_new_tokens,
+    )
     start = time.perf_counter()
     mt_bench(settings)
     seconds = time.perf_counter() - start
@@ -43,8 +49,13 @@ def side(opts, concurrency: int) -> dict:
     records = [json.loads(line) for line in (out / "model_answer" / "bench.jsonl").read_text().splitlines()]
     turns = [t for r in records for t in r["choices"][0]["turns"]]
     tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in turns)
-    return {"questions": len(records), "turns": len(turns), "tokens": tokens, "seconds": seconds,
-            "tokens_per_s": tokens / seconds}
+    return {
+        "questions": len(records),
+        "turns": len(turns),
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+    }
 
 
 def main() -> None:
@@ -64,21 +75,32 @@ def main() -> None:
     batched = run_side(__file__, "batched", args)
     sequential = run_side(__file__, "sequential", args)
     speedup = batched["tokens_per_s"] / sequential["tokens_per_s"]
-    rows = [("batched (all questions in flight)", batched), ("sequential (one question at a time)", sequential)]
+    rows = [
+        ("batched (all questions in flight)", batched),
+        ("sequential (one question at a time)", sequential),
+    ]
     table = "\n".join(
         ["| side | questions | turns | generated tokens | wall s | tokens/s |", "|---|---|---|---|---|---|"]
-        + [f"| {name} | {r['questions']} | {r['turns']} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.1f} |"
-           for name, r in rows]
-    )  # fmt: skip
-    table += (f"\n\nmodel {opts.model}, {'built-in 16-question set' if not opts.questions else opts.questions}, "
-              f"FastChat temperatures, max {opts.max_new_tokens} new tokens per turn. Floor: batched under "
-              f"{MAX_BATCHED_S:.0f} s.")  # fmt: skip
+        + [
+            f"| {name} | {r['questions']} | {r['turns']} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.1f} |"
+            for name, r in rows
+        ]
+    )
+    table += (
+        f"\n\nmodel {opts.model}, {'built-in 16-question set' if not opts.questions else opts.questions}, "
+        f"FastChat temperatures, max {opts.max_new_tokens} new tokens per turn. Floor: batched under "
+        f"{MAX_BATCHED_S:.0f} s."
+    )
     result = f"RESULT batched_s={batched['seconds']:.1f} speedup={speedup:.2f}"
     print(table)
     print(result)
     if not opts.no_record:
-        append_to_benchmarks("MT-Bench answer generation: batched vs one at a time",
-                             "python bench/eval_generation.py " + " ".join(args), table, result)
+        append_to_benchmarks(
+            "MT-Bench answer generation: batched vs one at a time",
+            "python bench/eval_generation.py " + " ".join(args),
+            table,
+            result,
+        )
     if batched["seconds"] > MAX_BATCHED_S:
         raise SystemExit(1)
 

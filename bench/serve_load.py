@@ -32,11 +32,31 @@ from common import append_to_benchmarks  # noqa: E402
 
 MIN_SPEEDUP = 3.0
 
-TOPICS = ["the sea", "a mountain", "coffee", "rain", "a library", "trains", "the moon", "bread", "winter", "a cat",
-          "music", "a garden", "bicycles", "the desert", "a lighthouse", "chess"]
+TOPICS = [
+    "the sea",
+    "a mountain",
+    "coffee",
+    "rain",
+    "a library",
+    "trains",
+    "the moon",
+    "bread",
+    "winter",
+    "a cat",
+    "music",
+    "a garden",
+    "bicycles",
+    "the desert",
+    "a lighthouse",
+    "chess",
+]
 # Open-ended asks, so replies usually run to max_tokens and both phases generate about the same tokens.
-ASKS = ["Write a short story about {}.", "Explain in detail why people love {}.", "Describe {} to a child, in detail.",
-        "Write a poem about {}."]
+ASKS = [
+    "Write a short story about {}.",
+    "Explain in detail why people love {}.",
+    "Describe {} to a child, in detail.",
+    "Write a poem about {}.",
+]
 
 
 def prompts(count: int) -> list[str]:
@@ -59,23 +79,31 @@ class Phase:
     def row(self) -> str:
         lat = sorted(self.latencies) or [float("nan")]
         p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
-        return (f"| {self.name} | {self.done} | {self.failed} | {self.wall:.1f} | {self.done / self.wall:.2f} | "
-                f"{self.tokens / self.wall:.1f} | {statistics.median(lat):.2f} | {p95:.2f} |")
+        return (
+            f"| {self.name} | {self.done} | {self.failed} | {self.wall:.1f} | {self.done / self.wall:.2f} | "
+            f"{self.tokens / self.wall:.1f} | {statistics.median(lat):.2f} | {p95:.2f} |"
+        )
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.wall if self.wall else 0.0
 
 
-TABLE_HEAD = ("| mode | requests | failed | wall s | requests/s | tokens/s | p50 latency s | p95 latency s |\n"
-              "|---|---|---|---|---|---|---|---|")
+TABLE_HEAD = (
+    "| mode | requests | failed | wall s | requests/s | tokens/s | p50 latency s | p95 latency s |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
 
 
 async def ask(client, model: str, prompt: str, args, phase: Phase) -> None:
     start = time.perf_counter()
     try:
         reply = await client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=args.max_tokens, temperature=0)
+            model=model,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=args.max_tokens,
+            temperature=0,
+        )
     except Exception as exc:  # noqa: BLE001 - any failure counts; the first few are printed
         phase.failed += 1
         if phase.failed <= 3:
@@ -103,8 +131,10 @@ async def run_phases(url: str, args) -> tuple[Phase, Phase]:
     start = time.perf_counter()
     for i, p in enumerate(work):
         if time.perf_counter() - start > args.sequential_budget:
-            sequential.note = (f" The sequential phase stopped at its {args.sequential_budget:.0f} s budget "
-                               f"after {i} requests.")
+            sequential.note = (
+                f" The sequential phase stopped at its {args.sequential_budget:.0f} s budget "
+                f"after {i} requests."
+            )
             break
         await ask(client, model, p, args, sequential)
     sequential.wall = time.perf_counter() - start
@@ -121,8 +151,19 @@ def free_port() -> int:
 
 def start_server(args, log_file) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "zephyr.cli", "serve", args.model, "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch-size", str(args.max_batch_size)] + (["--threads", str(args.threads)] if args.threads else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "zephyr.cli",
+        "serve",
+        args.model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(args.max_batch_size),
+    ] + (["--threads", str(args.threads)] if args.threads else [])
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + args.startup_timeout
@@ -145,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--request-timeout", type=float, default=300.0)
     parser.add_argument("--threads", type=int, default=None, help="Passed to `zephyr serve --threads`")
-    parser.add_argument("--sequential-budget", type=float, default=300.0,
-                        help="Stop the one-at-a-time phase after this many seconds (rates stay comparable)")
+    parser.add_argument(
+        "--sequential-budget",
+        type=float,
+        default=300.0,
+        help="Stop the one-at-a-time phase after this many seconds (rates stay comparable)",
+    )
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     parser.add_argument("--no-record", action="store_true", help="Do not append the result to BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -168,12 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     result = f"RESULT speedup={speedup:.2f} failed={failed}"
     if not args.no_record:
         command = shlex.join(["python", "bench/serve_load.py", *(argv if argv is not None else sys.argv[1:])])
-        notes = (f"{args.requests} chat requests to `{args.model}`, max_tokens {args.max_tokens}, greedy, batches of "
-                 f"up to {args.max_batch_size}; load average {load_at_start:.1f} at the start, "
-                 f"{os.getloadavg()[0]:.1f} at the end. Speedup is concurrent tokens/s over sequential tokens/s "
-                 f"(floor {MIN_SPEEDUP:.0f}x, zero failures): floors {'met' if ok else 'MISSED'}.{sequential.note}")
-        append_to_benchmarks("Serving load: dynamic batching vs one request at a time", command,
-                             table + "\n\n" + notes, result)
+        notes = (
+            f"{args.requests} chat requests to `{args.model}`, max_tokens {args.max_tokens}, greedy, batches of "
+            f"up to {args.max_batch_size}; load average {load_at_start:.1f} at the start, "
+            f"{os.getloadavg()[0]:.1f} at the end. Speedup is concurrent tokens/s over sequential tokens/s "
+            f"(floor {MIN_SPEEDUP:.0f}x, zero failures): floors {'met' if ok else 'MISSED'}.{sequential.note}"
+        )
+        append_to_benchmarks(
+            "Serving load: dynamic batching vs one request at a time", command, table + "\n\n" + notes, result
+        )
     print(result)
     return 0 if ok else 1
 

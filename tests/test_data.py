@@ -32,7 +32,10 @@ def write_jsonl(path, rows) -> str:
 
 
 def conv_rows(n: int, tag: str = "c") -> list[dict]:
-    return [{"messages": chat(f"{tag} question {i}", f"{tag} answer {i}"), "prompt_id": f"{tag}{i}"} for i in range(n)]
+    return [
+        {"messages": chat(f"{tag} question {i}", f"{tag} answer {i}"), "prompt_id": f"{tag}{i}"}
+        for i in range(n)
+    ]
 
 
 def uf_binarized_row(i: int) -> dict:
@@ -88,8 +91,12 @@ def test_parquet(tmp_path):
 
 
 def test_save_to_disk_dataset_dict_and_dataset(tmp_path):
-    splits = DatasetDict({"train_prefs": Dataset.from_list([uf_binarized_row(i) for i in range(5)]),
-                          "test_prefs": Dataset.from_list([uf_binarized_row(i) for i in range(5, 7)])})  # fmt: skip
+    splits = DatasetDict(
+        {
+            "train_prefs": Dataset.from_list([uf_binarized_row(i) for i in range(5)]),
+            "test_prefs": Dataset.from_list([uf_binarized_row(i) for i in range(5, 7)]),
+        }
+    )
     splits.save_to_disk(tmp_path / "uf")
     assert len(load_rows(tmp_path / "uf", "preference", split="test_prefs").dataset) == 2
     with pytest.raises(ConfigError, match="test_prefs, train_prefs"):
@@ -132,20 +139,29 @@ def test_hub_failure_is_one_clear_error(monkeypatch):
 
     def offline(*args, **kwargs):
         calls.append((args, kwargs))
-        raise ConnectionError("Couldn't reach 'HuggingFaceH4/ultrachat_200k' on the Hub (LocalEntryNotFoundError)")
+        raise ConnectionError(
+            "Couldn't reach 'HuggingFaceH4/ultrachat_200k' on the Hub (LocalEntryNotFoundError)"
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(ZephyrError) as info:
         load_rows("HuggingFaceH4/ultrachat_200k", "conversation", split="train_sft")
     message = str(info.value)
-    assert "HuggingFaceH4/ultrachat_200k" in message and "train_sft" in message and "ConnectionError" in message
+    assert (
+        "HuggingFaceH4/ultrachat_200k" in message and "train_sft" in message and "ConnectionError" in message
+    )
     assert calls == [(("HuggingFaceH4/ultrachat_200k", None), {"split": "train_sft"})]
 
 
 def test_hub_dataset_is_normalised(monkeypatch):
     hub = DatasetDict({"train_prefs": Dataset.from_list([uf_binarized_row(i) for i in range(3)])})
-    monkeypatch.setattr(datasets, "load_dataset", lambda spec, config, split=None: hub[split] if split else hub)
-    assert len(load_rows("HuggingFaceH4/ultrafeedback_binarized", "preference", split="train_prefs").dataset) == 3
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda spec, config, split=None: hub[split] if split else hub
+    )
+    assert (
+        len(load_rows("HuggingFaceH4/ultrafeedback_binarized", "preference", split="train_prefs").dataset)
+        == 3
+    )
     assert len(load_rows("HuggingFaceH4/ultrafeedback_binarized", "preference").dataset) == 3
 
 
@@ -164,7 +180,9 @@ def test_columns_selects_raw_columns(tmp_path):
 
 
 def test_conversation_keeps_system_and_multi_turn(tmp_path):
-    row = {"messages": [{"role": "system", "content": "", "name": "x"}] + chat("hi", "hello", "more?", "sure")}
+    row = {
+        "messages": [{"role": "system", "content": "", "name": "x"}] + chat("hi", "hello", "more?", "sure")
+    }
     ds = load_rows(write_jsonl(tmp_path / "a.jsonl", [row]), "conversation").dataset
     assert ds[0]["messages"] == [{"role": "system", "content": ""}] + chat("hi", "hello", "more?", "sure")
 
@@ -187,10 +205,13 @@ def test_preference_shapes_normalise_alike():
     strings = normalise_row("preference", {"prompt": "Q?", "chosen": "A", "rejected": "B"}, loc)
     trl_style = normalise_row(
         "preference",
-        {"prompt": chat("Q?"), "chosen": [{"role": "assistant", "content": "A"}],
-         "rejected": [{"role": "assistant", "content": "B"}]},
+        {
+            "prompt": chat("Q?"),
+            "chosen": [{"role": "assistant", "content": "A"}],
+            "rejected": [{"role": "assistant", "content": "B"}],
+        },
         loc,
-    )  # fmt: skip
+    )
     implicit = normalise_row("preference", {"chosen": chat("Q?", "A"), "rejected": chat("Q?", "B")}, loc)
     assert strings == trl_style == implicit
     assert strings["prompt_id"] == hashlib.sha256(b"Q?").hexdigest() == prompt_id_of("Q?")
@@ -199,7 +220,10 @@ def test_preference_shapes_normalise_alike():
 
 def test_preference_multi_turn_prompt_is_longest_shared_prefix():
     loc = {"source": "mem", "row": 0}
-    row = {"chosen": chat("q1", "a1", "q2", "good", system="sys"), "rejected": chat("q1", "a1", "q2", "bad", system="sys")}
+    row = {
+        "chosen": chat("q1", "a1", "q2", "good", system="sys"),
+        "rejected": chat("q1", "a1", "q2", "bad", system="sys"),
+    }
     out = normalise_row("preference", row, loc)
     assert out["prompt"] == chat("q1", "a1", "q2", system="sys")
     assert out["chosen"] == [{"role": "assistant", "content": "good"}]
@@ -219,9 +243,12 @@ def test_shared_ultrafeedback_sample():
     assert row["chosen"] == [{"role": "assistant", "content": first["chosen"]}]
     assert row["prompt_id"] == hashlib.sha256(first["prompt"].encode()).hexdigest()
     assert (row["score_chosen"], row["score_rejected"]) == (
-        first["metadata"]["score_chosen"], first["metadata"]["score_rejected"],
-    )  # fmt: skip
-    with pytest.raises(DataError, match=r"binarized_sample_train1000\.jsonl, line 307, field `rejected`: is identical"):
+        first["metadata"]["score_chosen"],
+        first["metadata"]["score_rejected"],
+    )
+    with pytest.raises(
+        DataError, match=r"binarized_sample_train1000\.jsonl, line 307, field `rejected`: is identical"
+    ):
         load_rows(path, "preference")
 
 
@@ -248,7 +275,9 @@ def test_shared_mt_bench_and_alpaca_eval_prompts():
 
 
 def test_mixed_question_id_types_become_strings(tmp_path):
-    src = write_jsonl(tmp_path / "q.jsonl", [{"prompt": "a", "question_id": 1}, {"prompt": "b", "question_id": "x"}])
+    src = write_jsonl(
+        tmp_path / "q.jsonl", [{"prompt": "a", "question_id": 1}, {"prompt": "b", "question_id": "x"}]
+    )
     assert load_rows(src, "prompt").dataset["question_id"] == ["1", "x"]
 
 
@@ -258,10 +287,19 @@ BAD_ROWS = [
     # (kind, row, field named in the error, words of the reason)
     ("conversation", {"text": "hi"}, "messages", "is missing"),
     ("conversation", {"messages": chat("hi", "hello")[::-1]}, "messages[0].role", "alternate"),
-    ("conversation", {"messages": chat("hi", "yo", "again", "ok")[:1] + chat("hi", "yo")}, "messages[1].role", "alternate"),
+    (
+        "conversation",
+        {"messages": chat("hi", "yo", "again", "ok")[:1] + chat("hi", "yo")},
+        "messages[1].role",
+        "alternate",
+    ),
     ("conversation", {"messages": chat("hi", "  ")}, "messages[1].content", "is empty"),
-    ("conversation", {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]},
-     "messages[0].content", "must be a string"),
+    (
+        "conversation",
+        {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]},
+        "messages[0].content",
+        "must be a string",
+    ),
     ("conversation", {"messages": [{"role": "bot", "content": "x"}]}, "messages[0].role", "must be one of"),
     ("conversation", {"messages": chat("only a question")}, "messages", "no assistant"),
     ("preference", {"prompt": "q", "chosen": "same", "rejected": "same"}, "rejected", "identical"),
@@ -270,16 +308,49 @@ BAD_ROWS = [
     ("preference", {"prompt": "q", "chosen": "a"}, "rejected", "is missing"),
     ("preference", {"prompt": "q", "chosen": 5, "rejected": "b"}, "chosen", "string or a list"),
     ("preference", {"chosen": "a", "rejected": "b"}, "prompt", "is missing"),
-    ("preference", {"prompt": "other", "chosen": chat("q", "a"), "rejected": chat("q", "b")}, "prompt", "does not match"),
-    ("preference", {"chosen": chat("q", "a"), "rejected": chat("p", "b")}, "rejected", "no opening user turn"),
+    (
+        "preference",
+        {"prompt": "other", "chosen": chat("q", "a"), "rejected": chat("q", "b")},
+        "prompt",
+        "does not match",
+    ),
+    (
+        "preference",
+        {"chosen": chat("q", "a"), "rejected": chat("p", "b")},
+        "rejected",
+        "no opening user turn",
+    ),
     ("preference", {"prompt": "q", "chosen": chat("q", "a"), "rejected": "b"}, "rejected", "only the reply"),
-    ("preference", {"chosen": chat("q", "a", "q2"), "rejected": chat("q", "b", "q2")}, "chosen[2].role", "end with an assistant"),
-    ("preference", {"prompt": chat("q", "a"), "chosen": "x", "rejected": "y"}, "prompt[1].role", "end with a user"),
-    ("preference", {"prompt": "q", "chosen": [{"role": "assistant", "content": None}], "rejected": "y"},
-     "chosen[0].content", "must be a string"),
-    ("preference", {"prompt": "q", "chosen": "a", "rejected": "b", "score_chosen": "high"}, "score_chosen", "number"),
-    ("preference", {"prompt": "q", "chosen": "a", "rejected": "b", "metadata": {"score_rejected": [1]}},
-     "metadata.score_rejected", "number"),
+    (
+        "preference",
+        {"chosen": chat("q", "a", "q2"), "rejected": chat("q", "b", "q2")},
+        "chosen[2].role",
+        "end with an assistant",
+    ),
+    (
+        "preference",
+        {"prompt": chat("q", "a"), "chosen": "x", "rejected": "y"},
+        "prompt[1].role",
+        "end with a user",
+    ),
+    (
+        "preference",
+        {"prompt": "q", "chosen": [{"role": "assistant", "content": None}], "rejected": "y"},
+        "chosen[0].content",
+        "must be a string",
+    ),
+    (
+        "preference",
+        {"prompt": "q", "chosen": "a", "rejected": "b", "score_chosen": "high"},
+        "score_chosen",
+        "number",
+    ),
+    (
+        "preference",
+        {"prompt": "q", "chosen": "a", "rejected": "b", "metadata": {"score_rejected": [1]}},
+        "metadata.score_rejected",
+        "number",
+    ),
     ("prompt", {"id": 3}, "prompt", "is missing"),
     ("prompt", {"messages": [{"role": "assistant", "content": "hi"}]}, "messages[0].role", "alternate"),
     ("prompt", {"instruction": ""}, "instruction", "is empty"),
@@ -290,7 +361,9 @@ BAD_ROWS = [
 
 @pytest.mark.parametrize("kind,row,field,reason", BAD_ROWS)
 def test_bad_row_names_file_line_and_field(tmp_path, kind, row, field, reason):
-    good = {"conversation": conv_rows(1)[0], "preference": uf_binarized_row(0), "prompt": {"prompt": "fine"}}[kind]
+    good = {"conversation": conv_rows(1)[0], "preference": uf_binarized_row(0), "prompt": {"prompt": "fine"}}[
+        kind
+    ]
     src = write_jsonl(tmp_path / "bad.jsonl", [good, row])
     with pytest.raises(DataError) as info:
         load_rows(src, kind)
@@ -356,11 +429,43 @@ def test_bad_arguments(tmp_path):
         load_rows(src, "conversation", on_error="ignore")
 
 
-ODD_VALUES = [None, 0, 1.5, True, "", " ", "x", [], {}, [None], [1], ["x"], [{}], [{"role": "user"}],
-              [{"role": 1, "content": "x"}], [{"role": "user", "content": []}], {"role": "user", "content": "x"},
-              [{"role": "assistant", "content": "x"}], chat("q", "a"), chat("q"), [[]]]  # fmt: skip
-FIELDS = ["messages", "prompt", "chosen", "rejected", "prompt_id", "score_chosen", "metadata", "instruction",
-          "turns", "question_id", "category", "dataset"]  # fmt: skip
+ODD_VALUES = [
+    None,
+    0,
+    1.5,
+    True,
+    "",
+    " ",
+    "x",
+    [],
+    {},
+    [None],
+    [1],
+    ["x"],
+    [{}],
+    [{"role": "user"}],
+    [{"role": 1, "content": "x"}],
+    [{"role": "user", "content": []}],
+    {"role": "user", "content": "x"},
+    [{"role": "assistant", "content": "x"}],
+    chat("q", "a"),
+    chat("q"),
+    [[]],
+]
+FIELDS = [
+    "messages",
+    "prompt",
+    "chosen",
+    "rejected",
+    "prompt_id",
+    "score_chosen",
+    "metadata",
+    "instruction",
+    "turns",
+    "question_id",
+    "category",
+    "dataset",
+]
 
 
 @pytest.mark.parametrize("kind", ["conversation", "preference", "prompt"])
@@ -371,7 +476,9 @@ def test_fuzz_odd_rows_give_data_errors_only(tmp_path, kind):
         row = {f: rng.choice(ODD_VALUES) for f in rng.sample(FIELDS, rng.randint(0, 5))}
         rows.append(row)
         try:
-            normalise_row(kind, row, {"source": "fuzz", "row": 0}, ("category", "question_id", "dataset", "turns"))
+            normalise_row(
+                kind, row, {"source": "fuzz", "row": 0}, ("category", "question_id", "dataset", "turns")
+            )
         except DataError:
             pass
     for odd in ODD_VALUES:
@@ -393,8 +500,12 @@ def two_sources(tmp_path):
     a.mkdir()
     write_jsonl(a / "train_sft.jsonl", conv_rows(10, "a-train"))
     write_jsonl(a / "test_sft.jsonl", conv_rows(4, "a-test"))
-    DatasetDict({"train_sft": Dataset.from_list(conv_rows(20, "b-train")),
-                 "test_sft": Dataset.from_list(conv_rows(6, "b-test"))}).save_to_disk(tmp_path / "b")  # fmt: skip
+    DatasetDict(
+        {
+            "train_sft": Dataset.from_list(conv_rows(20, "b-train")),
+            "test_sft": Dataset.from_list(conv_rows(6, "b-test")),
+        }
+    ).save_to_disk(tmp_path / "b")
     return str(a), str(tmp_path / "b")
 
 
@@ -414,8 +525,10 @@ def test_mixer_takes_first_rows_of_train_and_all_of_test(two_sources):
 def test_mixer_matches_handbook_order(two_sources):
     a, b = two_sources
     out = load_mixer({a: 0.5, b: 0.3}, ["train_sft", "test_sft"], "conversation")
-    parts = [load_rows(a, "conversation", split="train_sft").dataset.select(range(5)),
-             load_rows(b, "conversation", split="train_sft").dataset.select(range(6))]  # fmt: skip
+    parts = [
+        load_rows(a, "conversation", split="train_sft").dataset.select(range(5)),
+        load_rows(b, "conversation", split="train_sft").dataset.select(range(6)),
+    ]
     expected = datasets.concatenate_datasets(parts).shuffle(seed=42)
     assert out["train"]["messages"] == expected["messages"]
     again = load_mixer({a: 0.5, b: 0.3}, ["train_sft", "test_sft"], "conversation")
@@ -464,7 +577,9 @@ def test_mixture_weights_seed_and_test_split(two_sources):
     out = load_mixture(mixture, "conversation")
     assert (len(out["train"]), len(out["test"])) == (20, 5)  # 5 + 20 = 25 rows, 20% held out
     a_rows = load_rows(a, "conversation", split="train_sft").dataset
-    kept_a = {c for c in contents(datasets.concatenate_datasets([out["train"], out["test"]])) if c.startswith("a-")}
+    kept_a = {
+        c for c in contents(datasets.concatenate_datasets([out["train"], out["test"]])) if c.startswith("a-")
+    }
     assert kept_a == set(contents(a_rows.shuffle(seed=7).select(range(5))))
     again = load_mixture(mixture, "conversation")
     assert again["train"]["messages"] == out["train"]["messages"]
@@ -494,8 +609,12 @@ def test_mixture_bad_settings(mixture, match):
 
 def test_load_datasets_both_forms_and_limits(two_sources):
     a, b = two_sources
-    args = DataArguments(dataset_mixer={a: 1.0, b: 1.0}, dataset_splits=["train_sft", "test_sft"],
-                         max_train_samples=7, max_eval_samples=3)  # fmt: skip
+    args = DataArguments(
+        dataset_mixer={a: 1.0, b: 1.0},
+        dataset_splits=["train_sft", "test_sft"],
+        max_train_samples=7,
+        max_eval_samples=3,
+    )
     out = load_datasets(args, "conversation")
     assert (len(out["train"]), len(out["test"])) == (7, 3)
     args = DataArguments(dataset_mixture={"datasets": [{"id": a, "split": "test_sft"}], "test_split_size": 1})
@@ -510,4 +629,6 @@ def test_load_datasets_skips_bad_rows_when_asked(tmp_path):
     args = DataArguments(dataset_mixer={str(tmp_path): 1.0}, dataset_splits=["train"], on_error="skip")
     assert len(load_datasets(args, "conversation")["train"]) == 3
     with pytest.raises(DataError, match="line 4"):
-        load_datasets(DataArguments(dataset_mixer={str(tmp_path): 1.0}, dataset_splits=["train"]), "conversation")
+        load_datasets(
+            DataArguments(dataset_mixer={str(tmp_path): 1.0}, dataset_splits=["train"]), "conversation"
+        )

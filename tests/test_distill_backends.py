@@ -32,7 +32,11 @@ SEEDED = GenerationParams(temperature=1.0, max_tokens=10, seed=7)
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello there"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour " * 6}],
-    [{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Because."}, {"role": "user", "content": "Ok"}],
+    [
+        {"role": "user", "content": "Why?"},
+        {"role": "assistant", "content": "Because."},
+        {"role": "user", "content": "Ok"},
+    ],
 ]
 
 
@@ -49,7 +53,12 @@ class FaultProxy:
     """
 
     def __init__(self, upstream: str, plan=None, hang_seconds: float = 3.0, delay: float = 0.0):
-        self.upstream, self.plan, self.hang, self.delay = upstream, plan or (lambda body, attempt: "pass"), hang_seconds, delay
+        self.upstream, self.plan, self.hang, self.delay = (
+            upstream,
+            plan or (lambda body, attempt: "pass"),
+            hang_seconds,
+            delay,
+        )
         self.attempts: dict[str, int] = {}
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -139,8 +148,17 @@ class FaultProxy:
 
 def fast_retries(url: str, **kw) -> dict:
     """An openai backend spec with short timeouts and backoff, for fault tests."""
-    return {"type": "openai", "model": "tiny", "base_url": url, "timeout": 1.0, "max_retries": 2,
-            "backoff": 0.01, "max_backoff": 0.05, "concurrency": 4, **kw}
+    return {
+        "type": "openai",
+        "model": "tiny",
+        "base_url": url,
+        "timeout": 1.0,
+        "max_retries": 2,
+        "backoff": 0.01,
+        "max_backoff": 0.05,
+        "concurrency": 4,
+        **kw,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +197,11 @@ def test_generation_params_are_checked():
 
 def test_backend_specs_parse_with_clear_errors():
     spec = parse_spec("smollm2-135m-instruct")
-    assert (spec.type, spec.model, spec.model_id) == ("local", "smollm2-135m-instruct", "smollm2-135m-instruct")
+    assert (spec.type, spec.model, spec.model_id) == (
+        "local",
+        "smollm2-135m-instruct",
+        "smollm2-135m-instruct",
+    )
     assert parse_spec({"model": "m", "base_url": "http://127.0.0.1:1/v1"}).type == "openai"
     assert parse_spec({"model": "/ckpts/run-3/", "name": "mine"}).model_id == "mine"
     assert parse_spec({"model": "/ckpts/run-3/"}).model_id == "run-3"
@@ -221,7 +243,9 @@ def test_local_backend_stops_at_stop_strings(local):
     full = local.generate([CONVERSATIONS[0]], params)[0][0]
     assert full.finish_reason == "length" and len(full.text) > 12
     stop = full.text[8:12]
-    cut = local.generate([CONVERSATIONS[0]], GenerationParams(temperature=1.0, max_tokens=24, seed=3, stop=(stop,)))[0][0]
+    cut = local.generate(
+        [CONVERSATIONS[0]], GenerationParams(temperature=1.0, max_tokens=24, seed=3, stop=(stop,))
+    )[0][0]
     assert cut.finish_reason == "stop"
     assert cut.text == full.text[: full.text.index(stop)]
 
@@ -252,7 +276,9 @@ def test_openai_backend_api_key_from_named_env_var(serve_engine, monkeypatch):
     with ServerThread(create_app(serve_engine, "tiny", api_key="sekrit")) as server:
         url = server.url + "/v1"
         monkeypatch.setenv("TEST_ZEPHYR_KEY", "sekrit")
-        with make_backend({"type": "openai", "model": "tiny", "base_url": url, "api_key_env": "TEST_ZEPHYR_KEY"}) as b:
+        with make_backend(
+            {"type": "openai", "model": "tiny", "base_url": url, "api_key_env": "TEST_ZEPHYR_KEY"}
+        ) as b:
             assert b.generate(CONVERSATIONS[:1], GenerationParams(max_tokens=3))[0][0].completion_tokens > 0
         monkeypatch.setenv("TEST_ZEPHYR_KEY", "wrong")
         with make_backend(fast_retries(url, api_key_env="TEST_ZEPHYR_KEY")) as b:
@@ -274,8 +300,15 @@ def test_openai_backend_retries_transient_faults_then_succeeds(served, fault):
     assert proxy.attempts["Hello there"] == 3
 
 
-@pytest.mark.parametrize("fault,reason", [("500", "HTTP 500"), ("garbage", "unreadable reply"), ("hang", "timed out"),
-                                          ("drop", "connection failed")])
+@pytest.mark.parametrize(
+    "fault,reason",
+    [
+        ("500", "HTTP 500"),
+        ("garbage", "unreadable reply"),
+        ("hang", "timed out"),
+        ("drop", "connection failed"),
+    ],
+)
 def test_openai_backend_gives_up_after_max_retries(served, fault, reason):
     with FaultProxy(served, lambda body, attempt: fault, hang_seconds=2.0) as proxy:
         with make_backend(fast_retries(proxy.url, max_retries=1)) as backend:
@@ -286,7 +319,10 @@ def test_openai_backend_gives_up_after_max_retries(served, fault, reason):
 
 
 def test_openai_backend_does_not_retry_a_bad_request(served):
-    with FaultProxy(served, lambda body, attempt: "400") as proxy, make_backend(fast_retries(proxy.url)) as backend:
+    with (
+        FaultProxy(served, lambda body, attempt: "400") as proxy,
+        make_backend(fast_retries(proxy.url)) as backend,
+    ):
         with pytest.raises(BackendError, match="HTTP 400.*bad request: no"):
             backend.generate(CONVERSATIONS[:1], GenerationParams(max_tokens=4))
     assert proxy.attempts["Hello there"] == 1
@@ -300,12 +336,19 @@ def test_openai_backend_reports_the_failing_row_and_keeps_the_others(served):
             backend.generate(conversations, GenerationParams(max_tokens=4))
     err = info.value
     assert err.index == 1 and str(err).startswith("row 1:")
-    assert err.results[1] is None and err.results[0][0].text is not None and err.results[2][0].completion_tokens > 0
+    assert (
+        err.results[1] is None
+        and err.results[0][0].text is not None
+        and err.results[2][0].completion_tokens > 0
+    )
 
 
 def test_openai_backend_bounds_concurrency(served):
     conversations = [[{"role": "user", "content": f"question {i}"}] for i in range(6)]
-    with FaultProxy(served, delay=0.3) as proxy, make_backend(fast_retries(proxy.url, concurrency=2, timeout=30)) as b:
+    with (
+        FaultProxy(served, delay=0.3) as proxy,
+        make_backend(fast_retries(proxy.url, concurrency=2, timeout=30)) as b,
+    ):
         out = b.generate(conversations, GenerationParams(max_tokens=2))
     assert len(out) == 6 and proxy.max_in_flight == 2
 
@@ -343,7 +386,9 @@ def test_coalescer_merges_concurrent_calls_into_one_batch():
 
     coalesce = Coalescer(run_batch)
     results = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, coalesce([i, i + 100]))) for i in range(6)]
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, coalesce([i, i + 100]))) for i in range(6)
+    ]
     threads[0].start()
     time.sleep(0.2)
     for t in threads[1:]:
@@ -357,7 +402,6 @@ def test_coalescer_merges_concurrent_calls_into_one_batch():
     assert sizes == [2, 10]
 
 
-
 # ---- option log-probabilities (judges that answer with one letter) ------------------------------------
 
 
@@ -366,14 +410,18 @@ def test_local_option_logprobs_equal_a_plain_forward_pass(local, served):
 
     from zephyr.chat import encode_prompt
 
-    conversations = [[{"role": "user", "content": "Is A or B better?"}],
-                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Pick one: A or B."}]]
+    conversations = [
+        [{"role": "user", "content": "Is A or B better?"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Pick one: A or B."}],
+    ]
     got = local.option_logprobs(conversations, ("A", "B"))
     tokenizer = local.engine.tokenizer
     model = AutoModelForCausalLM.from_pretrained(local.engine.model.name_or_path).eval()
     for conversation, scores in zip(conversations, got, strict=True):
         with torch.no_grad():
-            logits = model(torch.tensor([encode_prompt(tokenizer, conversation)])).logits[0, -1, : len(tokenizer)]
+            logits = model(torch.tensor([encode_prompt(tokenizer, conversation)])).logits[
+                0, -1, : len(tokenizer)
+            ]
         expected = torch.log_softmax(logits.float(), -1)
         for option in ("A", "B"):
             token = tokenizer.encode(option, add_special_tokens=False)[0]
@@ -382,15 +430,30 @@ def test_local_option_logprobs_equal_a_plain_forward_pass(local, served):
     with pytest.raises(BackendError, match="distinct tokens"):
         local.option_logprobs(conversations, ("A", "A"))
     # Through `zephyr serve` (top_logprobs) the same numbers come back, for options among the top tokens.
-    client_body = {"model": "tiny", "messages": conversations[0], "max_tokens": 1, "temperature": 0,
-                   "logprobs": True, "top_logprobs": 20}  # fmt: skip
-    request = urllib.request.Request(served + "/chat/completions", data=json.dumps(client_body).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    client_body = {
+        "model": "tiny",
+        "messages": conversations[0],
+        "max_tokens": 1,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 20,
+    }
+    request = urllib.request.Request(
+        served + "/chat/completions",
+        data=json.dumps(client_body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=60) as r:
         tops = [t["token"] for t in json.load(r)["choices"][0]["logprobs"]["content"][0]["top_logprobs"]]
-    options = tuple(t for t in tops if t.strip() and [x.strip() for x in tops].count(t.strip()) == 1
-                    and tokenizer.encode(t, add_special_tokens=False) == tokenizer.encode(t.strip(), add_special_tokens=False)
-                    and len(tokenizer.encode(t, add_special_tokens=False)) == 1)[:2]  # fmt: skip
+    options = tuple(
+        t
+        for t in tops
+        if t.strip()
+        and [x.strip() for x in tops].count(t.strip()) == 1
+        and tokenizer.encode(t, add_special_tokens=False)
+        == tokenizer.encode(t.strip(), add_special_tokens=False)
+        and len(tokenizer.encode(t, add_special_tokens=False)) == 1
+    )[:2]
     assert len(options) == 2, tops
     with make_backend(fast_retries(served)) as remote:
         remote_scores = remote.option_logprobs(conversations[:1], options)[0]
@@ -399,8 +462,18 @@ def test_local_option_logprobs_equal_a_plain_forward_pass(local, served):
 
 
 def test_remote_judge_without_logprobs_is_refused_at_once(served):
-    no_logprobs = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "A"},
-                                           "finish_reason": "length", "logprobs": None}]}).encode()  # fmt: skip
+    no_logprobs = json.dumps(
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "A"},
+                    "finish_reason": "length",
+                    "logprobs": None,
+                }
+            ]
+        }
+    ).encode()
     with FaultProxy(served, lambda body, attempt: (200, no_logprobs)) as proxy:
         with make_backend(fast_retries(proxy.url)) as remote:
             with pytest.raises(BackendError, match="sent no `logprobs`") as info:
@@ -411,16 +484,28 @@ def test_remote_judge_without_logprobs_is_refused_at_once(served):
 def _logprobs_reply(top: list[tuple[str, float]]) -> bytes:
     """A /chat/completions body as OpenAI sends it with logprobs=true, top_logprobs=N."""
     entries = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top]
-    choice = {"index": 0, "message": {"role": "assistant", "content": top[0][0]}, "finish_reason": "length",
-              "logprobs": {"content": [dict(entries[0], top_logprobs=entries)]}}
-    return json.dumps({"id": "x", "object": "chat.completion", "choices": [choice],
-                       "usage": {"prompt_tokens": 5, "completion_tokens": 1}}).encode()
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": top[0][0]},
+        "finish_reason": "length",
+        "logprobs": {"content": [dict(entries[0], top_logprobs=entries)]},
+    }
+    return json.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "choices": [choice],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+        }
+    ).encode()
 
 
 def test_remote_option_logprobs_read_top_logprobs_and_retry(served):
     requests = []
     replies = {
-        "first": _logprobs_reply([("A", math.log(0.5)), (" A", math.log(0.2)), ("B", math.log(0.1)), ("The", -3.0)]),
+        "first": _logprobs_reply(
+            [("A", math.log(0.5)), (" A", math.log(0.2)), ("B", math.log(0.1)), ("The", -3.0)]
+        ),
         "second": _logprobs_reply([("Sure", -0.1), ("I", -2.5)]),
     }
 
@@ -435,6 +520,8 @@ def test_remote_option_logprobs_read_top_logprobs_and_retry(served):
         assert scores["B"] == pytest.approx(math.log(0.1))
         with pytest.raises(BackendError, match="none of the options"):
             remote.option_logprobs([[{"role": "user", "content": "second"}]], ("A", "B"))
-    assert all(r["logprobs"] is True and r["top_logprobs"] == 20 and r["max_tokens"] == 1 and r["temperature"] == 0
-               for r in requests)  # fmt: skip
+    assert all(
+        r["logprobs"] is True and r["top_logprobs"] == 20 and r["max_tokens"] == 1 and r["temperature"] == 0
+        for r in requests
+    )
     assert len(requests) == 4  # each question once after a 503

@@ -36,17 +36,54 @@ def test_demo_recipes_parse_and_chain():
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "distill"
-    assert zephyr_main(["generate", str(DEMO / "generate.yaml"), f"--output={out}/completions.jsonl",
-                        "--max_prompts=8", "--progress=false"]) == 0
-    assert zephyr_main(["feedback", str(DEMO / "feedback.yaml"), f"--input={out}/completions.jsonl",
-                        f"--output={out}/rated.jsonl", "--progress=false"]) == 0
-    assert zephyr_main(["binarize", str(DEMO / "binarize.yaml"), f"--input={out}/rated.jsonl",
-                        f"--output_dir={out}/prefs"]) == 0
+    assert (
+        zephyr_main(
+            [
+                "generate",
+                str(DEMO / "generate.yaml"),
+                f"--output={out}/completions.jsonl",
+                "--max_prompts=8",
+                "--progress=false",
+            ]
+        )
+        == 0
+    )
+    assert (
+        zephyr_main(
+            [
+                "feedback",
+                str(DEMO / "feedback.yaml"),
+                f"--input={out}/completions.jsonl",
+                f"--output={out}/rated.jsonl",
+                "--progress=false",
+            ]
+        )
+        == 0
+    )
+    assert (
+        zephyr_main(
+            [
+                "binarize",
+                str(DEMO / "binarize.yaml"),
+                f"--input={out}/rated.jsonl",
+                f"--output_dir={out}/prefs",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (out / "rated.jsonl").read_text().splitlines()]
     assert len(rows) == 8
     ratings = [r["rating"] for row in rows for c in row["completions"] for r in c["annotations"].values()]
-    missing = [r for row in rows for c in row["completions"] for r in c["annotations"].values() if r["rating"] is None]
+    missing = [
+        r
+        for row in rows
+        for c in row["completions"]
+        for r in c["annotations"].values()
+        if r["rating"] is None
+    ]
     assert all(r["raw"] is not None and r["error"] for r in missing)  # unreadable: kept raw, never guessed
     assert any(r is not None for r in ratings)
     report = load_report(out / "prefs")
-    assert report["rows_read"] == 8 and report["pairs"] == sum(report["splits"][s] for s in ("train_prefs", "test_prefs"))
+    assert report["rows_read"] == 8 and report["pairs"] == sum(
+        report["splits"][s] for s in ("train_prefs", "test_prefs")
+    )

@@ -44,7 +44,11 @@ MALFORMED = [
 ]
 PARTIAL = [
     ("Text 1\nRating: 4\nText 2\nRationale: I am not sure.", [4, None], "Text 2: no rating given"),
-    ("Text 1: 1. Helpful.\nText 2: 2. Helpful.\nText 1: 1.\nText 2: 1.", [1, None], "Text 2 has conflicting ratings [1, 2]"),
+    (
+        "Text 1: 1. Helpful.\nText 2: 2. Helpful.\nText 1: 1.\nText 2: 1.",
+        [1, None],
+        "Text 2 has conflicting ratings [1, 2]",
+    ),
     ("Text 1\nRating: 5", [5, None], "no rating for Text 2"),
 ]
 
@@ -71,35 +75,56 @@ def test_partial_replies_keep_what_was_read(reply, expected, problem):
 def test_single_text_needs_no_label_and_rationale_and_types_are_read():
     assert parse_ratings("Rating: 3\nRationale: fine.", 1)[0].rating == 3
     assert parse_ratings("I'd give it a 3.", 1)[0].rating is None
-    v = parse_ratings("Text 1\nRating: 2\nType: 1, 3\nRationale: It invents a date\nand a name.", 1, n_types=3)[0]
+    v = parse_ratings(
+        "Text 1\nRating: 2\nType: 1, 3\nRationale: It invents a date\nand a name.", 1, n_types=3
+    )[0]
     assert (v.rating, v.type, v.rationale) == (2, [1, 3], "It invents a date\nand a name.")
     assert parse_ratings("Text 1\nRating: 5\nType: None", 1, n_types=3)[0].type == []
-    assert parse_ratings("Text 1\nRating: 5\nType: 7", 1, n_types=3)[0].type is None  # unreadable type: no type
-    assert parse_ratings("Text 1\nRating: 5\nType: 7", 1, n_types=3)[0].rating == 5  # ...the rating still stands
+    assert (
+        parse_ratings("Text 1\nRating: 5\nType: 7", 1, n_types=3)[0].type is None
+    )  # unreadable type: no type
+    assert (
+        parse_ratings("Text 1\nRating: 5\nType: 7", 1, n_types=3)[0].rating == 5
+    )  # ...the rating still stands
 
 
 def test_overall_critique_scores_parse_strictly():
-    assert parse_overall("Clear and correct, but terse.\nOverall score: 7") == (7.0, "Clear and correct, but terse.", None)
+    assert parse_overall("Clear and correct, but terse.\nOverall score: 7") == (
+        7.0,
+        "Clear and correct, but terse.",
+        None,
+    )
     assert parse_overall("**Overall Score:** 8.5/10")[0] == 8.5
     assert parse_overall("Great answer!")[2] == "no `Overall score:` line"
     assert parse_overall("Overall score: 11")[2] == "overall score 11 is not a number from 1 to 10"
-    assert parse_overall("Overall score: 6 ... Overall score: 7")[2] == "conflicting overall scores [6.0, 7.0]"
+    assert (
+        parse_overall("Overall score: 6 ... Overall score: 7")[2] == "conflicting overall scores [6.0, 7.0]"
+    )
 
 
 def test_rubrics_cover_the_four_aspects_and_show_every_text():
     assert set(RUBRICS) == set(ASPECTS) == {"instruction_following", "honesty", "truthfulness", "helpfulness"}
     prompt = aspect_prompt("truthfulness", "Why is the sky blue?", ["first answer", "second answer"])
     assert "## Text 1\nfirst answer" in prompt and "## Text 2\nsecond answer" in prompt
-    assert "Type:" in prompt and "hallucination" in prompt and "Rating: <a whole number from 1 to 5>" in prompt
+    assert (
+        "Type:" in prompt and "hallucination" in prompt and "Rating: <a whole number from 1 to 5>" in prompt
+    )
     assert instruction_text([{"role": "user", "content": "Only turn"}]) == "Only turn"
-    multi = instruction_text([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                              {"role": "user", "content": "Name a colour"}])
+    multi = instruction_text(
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Name a colour"},
+        ]
+    )
     assert multi == "User: Hi\n\nAssistant: Hello\n\nUser: Name a colour"
     system, user = aspect_messages("helpfulness", "Why is the sky blue?", ["a", "b"], rationale=False)
     compact = user["content"]
     assert compact.startswith("Rate how helpful each text is below, from 1 (wrong or useless) to 5")
-    assert compact.endswith("Now rate how helpful each text is, from 1 to 5. Answer in this format:\n"
-                            "Text 1: <rating from 1 to 5>\nText 2: <rating from 1 to 5>")
+    assert compact.endswith(
+        "Now rate how helpful each text is, from 1 to 5. Answer in this format:\n"
+        "Text 1: <rating from 1 to 5>\nText 2: <rating from 1 to 5>"
+    )
     assert "Text 2:\nb" in compact and "Rationale" not in compact and system["role"] == "system"
     assert all(len(RUBRICS[a].brief) == 3 for a in ASPECTS)
 
@@ -122,7 +147,9 @@ class ScriptedJudge(Backend):
         out = []
         for conversation in conversations:
             self.calls.append((conversation, params))
-            text = self.mode(conversation, len(self.calls)) if callable(self.mode) else self.reply(conversation)
+            text = (
+                self.mode(conversation, len(self.calls)) if callable(self.mode) else self.reply(conversation)
+            )
             out.append([Generation(text, "stop", 100, 7)])
         return out
 
@@ -131,7 +158,10 @@ class ScriptedJudge(Backend):
             return "I cannot decide, they are all lovely."
         if "Overall score" in conversation[-1]["content"]:
             return "Nice work.\nOverall score: 8"
-        return "\n\n".join(f"Text {i}\nRating: {r}\nRationale: because." for i, r in enumerate(ratings_asked(conversation), 1))
+        return "\n\n".join(
+            f"Text {i}\nRating: {r}\nRationale: because."
+            for i, r in enumerate(ratings_asked(conversation), 1)
+        )
 
 
 def ratings_asked(conversation) -> list[int]:
@@ -140,8 +170,16 @@ def ratings_asked(conversation) -> list[int]:
 
 
 def record(*responses: str, prompt_id: str = "p1") -> PromptRecord:
-    completions = [Completion(f"m{i}", f"t{i}", "helpfulness", None, 1.0, r, "stop", 10, 5) for i, r in enumerate(responses)]
-    return PromptRecord(prompt_id, "What is water made of?", [{"role": "user", "content": "What is water made of?"}], completions)
+    completions = [
+        Completion(f"m{i}", f"t{i}", "helpfulness", None, 1.0, r, "stop", 10, 5)
+        for i, r in enumerate(responses)
+    ]
+    return PromptRecord(
+        prompt_id,
+        "What is water made of?",
+        [{"role": "user", "content": "What is water made of?"}],
+        completions,
+    )
 
 
 def cfg(**values) -> FeedbackConfig:
@@ -166,12 +204,16 @@ def test_one_request_per_aspect_with_every_completion_in_a_seeded_shuffle():
     assert rated.judge == "scripted-judge"
     # The shuffle depends on the seed and the prompt, never on anything else.
     assert shown_order(42, "p1", "honesty", 4) == shown_order(42, "p1", "honesty", 4)
-    assert any(shown_order(42, f"p{i}", "honesty", 4) != shown_order(7, f"p{i}", "honesty", 4) for i in range(5))
+    assert any(
+        shown_order(42, f"p{i}", "honesty", 4) != shown_order(7, f"p{i}", "honesty", 4) for i in range(5)
+    )
 
 
 def test_an_unreadable_reply_gets_exactly_one_repair_request():
     def mode(conversation, call):
-        if conversation[-1]["role"] == "user" and conversation[-1]["content"].startswith("Your answer could not"):
+        if conversation[-1]["role"] == "user" and conversation[-1]["content"].startswith(
+            "Your answer could not"
+        ):
             return "\n".join(f"Text {i}: Rating: {r}" for i, r in enumerate(ratings_asked(conversation), 1))
         return "They are both fine!"
 
@@ -195,7 +237,10 @@ def test_still_unreadable_after_the_repair_is_missing_with_the_raw_text_never_gu
         assert c.fine_grained_score is None and c.overall_score is None
         for r in c.annotations.values():
             assert r.rating is None and "no rating for Text" in r.error
-            assert r.raw == "I cannot decide, they are all lovely.\n\n[repair reply]\nI cannot decide, they are all lovely."
+            assert (
+                r.raw
+                == "I cannot decide, they are all lovely.\n\n[repair reply]\nI cannot decide, they are all lovely."
+            )
     row = rated.to_json()
     assert row["completions"][0]["annotations"]["honesty"]["rating"] is None
     assert json.loads(json.dumps(row)) == row
@@ -212,7 +257,9 @@ def test_a_partial_reply_keeps_its_ratings_and_the_repair_fills_only_the_gaps():
     rated, _ = judge_prompt(cfg(aspects=["helpfulness"]), judge, record("GOOD", "BAD"))
     order = rated.judgments[0].order
     first_shown, second_shown = rated.completions[order[0]], rated.completions[order[1]]
-    assert first_shown.annotations["helpfulness"].rating == SCORES[first_shown.response]  # from the first reply
+    assert (
+        first_shown.annotations["helpfulness"].rating == SCORES[first_shown.response]
+    )  # from the first reply
     assert first_shown.annotations["helpfulness"].rationale == "sure."
     assert second_shown.annotations["helpfulness"].rating == 2  # from the repair
 
@@ -229,7 +276,10 @@ def test_scores_are_the_mean_of_the_aspects_and_the_critique_is_kept_beside_them
         return "\n".join(f"Text {i}: Rating: {r}" for i, r in enumerate(ratings_asked(conversation), 1))
 
     rated, _ = judge_prompt(cfg(critique=True), ScriptedJudge(mode), record("GOOD", "MID"))
-    assert [c.fine_grained_score for c in rated.completions] == [None, None]  # honesty missing, all 4 required
+    assert [c.fine_grained_score for c in rated.completions] == [
+        None,
+        None,
+    ]  # honesty missing, all 4 required
     rated, _ = judge_prompt(cfg(critique=True, min_aspects=3), ScriptedJudge(mode), record("GOOD", "MID"))
     assert [c.fine_grained_score for c in rated.completions] == [5, 3]  # the mean of the three it read
     assert [(c.overall_score, c.critique) for c in rated.completions] == [(6, "Solid."), (6, "Solid.")]
@@ -277,7 +327,9 @@ def test_feedback_stage_reports_failed_prompts_and_resumes_only_those(tmp_path, 
     assert len(judge.calls) == 2 * 4  # only the two failed prompts were judged again
     rows = [json.loads(line) for line in (tmp_path / "rated.jsonl").read_text().splitlines()]
     assert sorted(r["prompt_id"] for r in rows) == [f"p{i}" for i in range(6)]
-    assert all(r["completions"][0]["fine-grained_score"] == 5 and r["judge"] == "scripted-judge" for r in rows)
+    assert all(
+        r["completions"][0]["fine-grained_score"] == 5 and r["judge"] == "scripted-judge" for r in rows
+    )
     records, bad = read_completions(source)
     assert len(records) == 6 and bad[0].line == 7
 
@@ -289,7 +341,9 @@ def test_feedback_against_zephyr_serve_records_unreadable_ratings(tmp_path, serv
     assert result.written == 1
     row = json.loads((tmp_path / "rated.jsonl").read_text().splitlines()[0])
     assert row["judge"] == "tiny" and len(row["judgments"]) == 4
-    for c in row["completions"]:  # a random tiny model never writes a readable rating: all missing, none guessed
+    for c in row[
+        "completions"
+    ]:  # a random tiny model never writes a readable rating: all missing, none guessed
         for r in c["annotations"].values():
             assert r["rating"] is None and r["error"] and "[repair reply]" in r["raw"]
         assert c["fine-grained_score"] is None

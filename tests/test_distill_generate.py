@@ -25,7 +25,9 @@ from zephyr.errors import ConfigError, DataError, ZephyrError
 
 
 def write_lines(path: Path, rows) -> str:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
+    )
     return str(path)
 
 
@@ -36,8 +38,10 @@ def config(**values) -> GenerateConfig:
 
 def local_teachers(model_dir, max_tokens: int = 8) -> list[dict]:
     backend = {"model": str(model_dir), "threads": 1}
-    return [{"backend": backend, "name": "hot", "temperature": 1.0, "max_tokens": max_tokens},
-            {"backend": backend, "name": "warm", "temperature": 0.7, "max_tokens": max_tokens}]
+    return [
+        {"backend": backend, "name": "hot", "temperature": 1.0, "max_tokens": max_tokens},
+        {"backend": backend, "name": "warm", "temperature": 0.7, "max_tokens": max_tokens},
+    ]
 
 
 def rows_of(path) -> list[dict]:
@@ -48,21 +52,38 @@ def rows_of(path) -> list[dict]:
 
 
 def test_read_prompts_reports_every_bad_line_and_keeps_the_rest(tmp_path):
-    path = write_lines(tmp_path / "p.jsonl", [
-        {"prompt": "First question?", "category": "stem", "prompt_id": "mine-1"},
-        "{not json",
-        {"prompt": ""},
-        {"messages": [{"role": "user", "content": "Second?"}, {"role": "assistant", "content": "dropped reply"}]},
-        {"foo": 1},
-        {"instruction": "An AlpacaEval-style instruction", "dataset": "helpful_base"},
-        {"prompt": "First question?"},  # the same prompt again
-        {"turns": ["MT-Bench turn one", "turn two"], "question_id": 81, "category": "writing"},
-    ])
+    path = write_lines(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "First question?", "category": "stem", "prompt_id": "mine-1"},
+            "{not json",
+            {"prompt": ""},
+            {
+                "messages": [
+                    {"role": "user", "content": "Second?"},
+                    {"role": "assistant", "content": "dropped reply"},
+                ]
+            },
+            {"foo": 1},
+            {"instruction": "An AlpacaEval-style instruction", "dataset": "helpful_base"},
+            {"prompt": "First question?"},  # the same prompt again
+            {"turns": ["MT-Bench turn one", "turn two"], "question_id": 81, "category": "writing"},
+        ],
+    )
     rows, bad = read_prompts(path)
-    assert [r["prompt"] for r in rows] == ["First question?", "Second?", "An AlpacaEval-style instruction", "MT-Bench turn one"]
+    assert [r["prompt"] for r in rows] == [
+        "First question?",
+        "Second?",
+        "An AlpacaEval-style instruction",
+        "MT-Bench turn one",
+    ]
     assert [(e.line, e.field) for e in bad] == [(2, None), (3, "prompt"), (5, "prompt")]
     first = rows[0]
-    assert first["prompt_id"] == prompt_id_of("First question?") == prompt_id_of([{"role": "user", "content": "First question?"}])
+    assert (
+        first["prompt_id"]
+        == prompt_id_of("First question?")
+        == prompt_id_of([{"role": "user", "content": "First question?"}])
+    )
     assert first["extra"] == {"category": "stem", "source_prompt_id": "mine-1"}
     assert rows[1]["messages"] == [{"role": "user", "content": "Second?"}]
     assert rows[2]["extra"]["source"] == "helpful_base" and rows[3]["extra"]["question_id"] == 81
@@ -73,7 +94,16 @@ def test_demo_prompts_cover_the_mt_bench_categories():
     rows, bad = read_prompts("zephyr:demo_prompts")
     assert not bad and len(rows) >= 100
     categories = collections.Counter(r["extra"]["category"] for r in rows)
-    assert set(categories) == {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
+    assert set(categories) == {
+        "writing",
+        "roleplay",
+        "reasoning",
+        "math",
+        "coding",
+        "extraction",
+        "stem",
+        "humanities",
+    }
     assert min(categories.values()) >= 10
 
 
@@ -86,38 +116,54 @@ def test_teachers_and_principles_are_drawn_reproducibly():
     plans = {pid: plan_slots(cfg, pid, None) for pid in (f"prompt-{i}" for i in range(300))}
     for pid, slots in plans.items():
         assert len({s.teacher.name for s in slots}) == 4  # distinct teachers while the pool allows
-        assert [(s.teacher.name, s.principle, s.seed) for s in slots] == \
-               [(s.teacher.name, s.principle, s.seed) for s in plan_slots(cfg, pid, None)]
+        assert [(s.teacher.name, s.principle, s.seed) for s in slots] == [
+            (s.teacher.name, s.principle, s.seed) for s in plan_slots(cfg, pid, None)
+        ]
         assert len({s.seed for s in slots}) == 4
         for s in slots:
             assert s.system_prompt in PRINCIPLE_PROMPTS[s.principle]
     principles = collections.Counter(s.principle for slots in plans.values() for s in slots)
     assert set(principles) == set(PRINCIPLE_PROMPTS)
     assert 0.33 < principles["helpfulness"] / 1200 < 0.47  # default weight 0.4
-    other_seed = config(prompts="p.jsonl", output="o.jsonl", teachers=teachers, completions_per_prompt=4, seed=2)
-    assert any([s.teacher.name for s in plan_slots(other_seed, pid, None)] != [s.teacher.name for s in slots]
-               for pid, slots in plans.items())
+    other_seed = config(
+        prompts="p.jsonl", output="o.jsonl", teachers=teachers, completions_per_prompt=4, seed=2
+    )
+    assert any(
+        [s.teacher.name for s in plan_slots(other_seed, pid, None)] != [s.teacher.name for s in slots]
+        for pid, slots in plans.items()
+    )
 
 
 def test_small_pools_repeat_teachers_evenly_and_weights_can_depend_on_category():
-    cfg = config(prompts="p.jsonl", output="o.jsonl", completions_per_prompt=4,
-                 teachers=[{"backend": "m", "temperature": 0.3}, {"backend": "m", "temperature": 0.9,
-                                                                  "principles": {"none": 1}}],
-                 principles={"honesty": 1}, principles_by_category={"math": {"verbalized_calibration": 1}})
+    cfg = config(
+        prompts="p.jsonl",
+        output="o.jsonl",
+        completions_per_prompt=4,
+        teachers=[
+            {"backend": "m", "temperature": 0.3},
+            {"backend": "m", "temperature": 0.9, "principles": {"none": 1}},
+        ],
+        principles={"honesty": 1},
+        principles_by_category={"math": {"verbalized_calibration": 1}},
+    )
     for pid in ("a", "b", "c"):
         slots = plan_slots(cfg, pid, "math")
         assert collections.Counter(s.teacher.name for s in slots) == {"m@t0.3": 2, "m@t0.9": 2}
         for s in slots:
             expected = "none" if s.teacher.name == "m@t0.9" else "verbalized_calibration"
             assert s.principle == expected
-        assert {s.principle for s in plan_slots(cfg, pid, "writing") if s.teacher.name == "m@t0.3"} == {"honesty"}
+        assert {s.principle for s in plan_slots(cfg, pid, "writing") if s.teacher.name == "m@t0.3"} == {
+            "honesty"
+        }
     none_slot = next(s for s in slots if s.principle == "none")
     messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]
     assert conversation_for(none_slot, messages) == messages
     honest = plan_slots(cfg, "a", "writing")[0]
     merged = conversation_for(honest, messages) if honest.system_prompt else None
     if merged:
-        assert merged[0]["content"].startswith(honest.system_prompt) and merged[0]["content"].endswith("Be terse.")
+        assert merged[0]["content"].startswith(honest.system_prompt) and merged[0]["content"].endswith(
+            "Be terse."
+        )
 
 
 def test_generate_config_errors_are_clear():
@@ -131,8 +177,13 @@ def test_generate_config_errors_are_clear():
         config(prompts="p", output="o", teachers=["m", "m"])
     with pytest.raises(ConfigError, match="principle `kindness`, which has no system prompts"):
         config(prompts="p", output="o", teachers=["m"], principles={"kindness": 1})
-    ok = config(prompts="p", output="o", teachers=["m"], principles={"kindness": 1},
-                principle_prompts={"kindness": ["Be kind."]})
+    ok = config(
+        prompts="p",
+        output="o",
+        teachers=["m"],
+        principles={"kindness": 1},
+        principle_prompts={"kindness": ["Be kind."]},
+    )
     assert ok.catalogue["kindness"] == ["Be kind."]
 
 
@@ -140,20 +191,41 @@ def test_generate_config_errors_are_clear():
 
 
 def test_generate_writes_rows_and_resumes_a_torn_run_to_the_same_result(tmp_path, tiny_model_dir):
-    prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": f"Question {i}?", "category": "stem"} for i in range(6)])
+    prompts = write_lines(
+        tmp_path / "p.jsonl", [{"prompt": f"Question {i}?", "category": "stem"} for i in range(6)]
+    )
     out = tmp_path / "completions.jsonl"
-    cfg = config(prompts=prompts, output=str(out), teachers=local_teachers(tiny_model_dir), completions_per_prompt=3)
+    cfg = config(
+        prompts=prompts, output=str(out), teachers=local_teachers(tiny_model_dir), completions_per_prompt=3
+    )
     first = generate(cfg)
     assert (first.written, first.resumed, first.failed, first.complete) == (6, 0, 0, True)
     rows = rows_of(out)
-    assert len(rows) == 6 and first.tokens == sum(c["completion_tokens"] for r in rows for c in r["completions"])
+    assert len(rows) == 6 and first.tokens == sum(
+        c["completion_tokens"] for r in rows for c in r["completions"]
+    )
     row = rows[0]
-    assert row["schema_version"] == 1 and row["prompt_id"] == prompt_id_of(row["prompt"]) and row["category"] == "stem"
+    assert (
+        row["schema_version"] == 1
+        and row["prompt_id"] == prompt_id_of(row["prompt"])
+        and row["category"] == "stem"
+    )
     assert len(row["completions"]) == 3
     for c in row["completions"]:
-        assert set(c) == {"model", "teacher", "principle", "custom_system_prompt", "temperature", "response",
-                          "finish_reason", "prompt_tokens", "completion_tokens"}
-        assert c["model"] == tiny_model_dir.name and c["teacher"] in ("hot", "warm") and c["prompt_tokens"] > 0
+        assert set(c) == {
+            "model",
+            "teacher",
+            "principle",
+            "custom_system_prompt",
+            "temperature",
+            "response",
+            "finish_reason",
+            "prompt_tokens",
+            "completion_tokens",
+        }
+        assert (
+            c["model"] == tiny_model_dir.name and c["teacher"] in ("hot", "warm") and c["prompt_tokens"] > 0
+        )
     # An interrupted run: two whole rows and half of a third on disk. The rerun cuts the torn line, redoes
     # the missing rows, and (every draw and seed coming from the prompt id) ends with the same dataset.
     lines = out.read_bytes().splitlines(keepends=True)
@@ -168,24 +240,47 @@ def test_generate_writes_rows_and_resumes_a_torn_run_to_the_same_result(tmp_path
 def test_generate_refuses_to_resume_with_other_settings_or_a_second_writer(tmp_path, tiny_model_dir):
     prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": f"Q{i}"} for i in range(2)])
     out = tmp_path / "c.jsonl"
-    generate(config(prompts=prompts, output=str(out), teachers=local_teachers(tiny_model_dir, 3), completions_per_prompt=1))
+    generate(
+        config(
+            prompts=prompts,
+            output=str(out),
+            teachers=local_teachers(tiny_model_dir, 3),
+            completions_per_prompt=1,
+        )
+    )
     changed = local_teachers(tiny_model_dir, 3)
     changed[0]["temperature"] = 0.1
     with pytest.raises(ConfigError, match="`teachers` changed"):
         generate(config(prompts=prompts, output=str(out), teachers=changed, completions_per_prompt=1))
-    more = config(prompts=prompts, output=str(out), teachers=local_teachers(tiny_model_dir, 3), completions_per_prompt=1,
-                  max_prompts=5, concurrency=3)  # run-size settings may change
+    more = config(
+        prompts=prompts,
+        output=str(out),
+        teachers=local_teachers(tiny_model_dir, 3),
+        completions_per_prompt=1,
+        max_prompts=5,
+        concurrency=3,
+    )  # run-size settings may change
     assert generate(more).resumed == 2
     with RowLog(out), pytest.raises(ZephyrError, match="being written by another run"):
         RowLog(out)
 
 
 def test_bad_lines_and_endpoint_faults_are_reported_per_row_and_lose_nothing(tmp_path, served):  # noqa: F811
-    prompts = write_lines(tmp_path / "p.jsonl", [
-        {"prompt": "good one"}, "{not json", {"prompt": ""}, {"prompt": "please fail 500"},
-        {"messages": [{"role": "user", "content": "please hang"}]}, {"prompt": "please garbage"},
-        {"prompt": "flaky one"}, {"instruction": "alpaca style"}, {"foo": 1}, {"prompt": "good two"},
-    ])
+    prompts = write_lines(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "good one"},
+            "{not json",
+            {"prompt": ""},
+            {"prompt": "please fail 500"},
+            {"messages": [{"role": "user", "content": "please hang"}]},
+            {"prompt": "please garbage"},
+            {"prompt": "flaky one"},
+            {"instruction": "alpaca style"},
+            {"foo": 1},
+            {"prompt": "good two"},
+        ],
+    )
     faults = {"please fail 500": "500", "please hang": "hang", "please garbage": "garbage"}
 
     def plan(body, attempt):
@@ -197,10 +292,26 @@ def test_bad_lines_and_endpoint_faults_are_reported_per_row_and_lose_nothing(tmp
     out = tmp_path / "c.jsonl"
     recipe = tmp_path / "generate.yaml"
     with FaultProxy(served, plan, hang_seconds=1.5) as proxy:
-        teachers = [{"backend": fast_retries(proxy.url, timeout=0.5), "name": f"t{t}", "temperature": t, "max_tokens": 4}
-                    for t in (0.5, 1.0)]
-        recipe.write_text(json.dumps({"prompts": prompts, "output": str(out), "teachers": teachers,
-                                      "completions_per_prompt": 2, "progress": False}))
+        teachers = [
+            {
+                "backend": fast_retries(proxy.url, timeout=0.5),
+                "name": f"t{t}",
+                "temperature": t,
+                "max_tokens": 4,
+            }
+            for t in (0.5, 1.0)
+        ]
+        recipe.write_text(
+            json.dumps(
+                {
+                    "prompts": prompts,
+                    "output": str(out),
+                    "teachers": teachers,
+                    "completions_per_prompt": 2,
+                    "progress": False,
+                }
+            )
+        )
         assert zephyr_main(["generate", str(recipe)]) == 3  # finished, but with rows left undone
         for text in faults:
             assert proxy.attempts[text] == 3  # the first try and two retries, then reported
@@ -218,7 +329,9 @@ def test_bad_lines_and_endpoint_faults_are_reported_per_row_and_lose_nothing(tmp
     before = out.read_bytes()
     with FaultProxy(served) as healed:
         teachers = [{**t, "backend": fast_retries(healed.url, timeout=0.5)} for t in teachers]
-        result = generate(config(prompts=prompts, output=str(out), teachers=teachers, completions_per_prompt=2))
+        result = generate(
+            config(prompts=prompts, output=str(out), teachers=teachers, completions_per_prompt=2)
+        )
     # The endpoint moved to another port: connection settings may change on resume, the model may not.
     assert result.resumed == 4 and result.written == 3 and result.failed == 0 and result.bad_input == 3
     assert out.read_bytes().startswith(before)  # everything written before is still there, byte for byte
@@ -230,8 +343,12 @@ def test_bad_lines_and_endpoint_faults_are_reported_per_row_and_lose_nothing(tmp
 
 def _start(recipe: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "zephyr.cli", "generate", str(recipe), "--progress=true"],
-                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "zephyr.cli", "generate", str(recipe), "--progress=true"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),
+        env=env,
+    )
 
 
 def _wait_for_rows(out: Path, count: int, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -248,11 +365,22 @@ def _wait_for_rows(out: Path, count: int, proc: subprocess.Popen, timeout: float
 
 def test_generate_survives_ctrl_c_and_kill_9(tmp_path, tiny_model_dir):
     n = 24
-    prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": f"Tell me about topic number {i}."} for i in range(n)])
+    prompts = write_lines(
+        tmp_path / "p.jsonl", [{"prompt": f"Tell me about topic number {i}."} for i in range(n)]
+    )
     out = tmp_path / "c.jsonl"
     recipe = tmp_path / "generate.yaml"
-    recipe.write_text(json.dumps({"prompts": prompts, "output": str(out), "completions_per_prompt": 2,
-                                  "teachers": local_teachers(tiny_model_dir, max_tokens=32), "concurrency": 2}))
+    recipe.write_text(
+        json.dumps(
+            {
+                "prompts": prompts,
+                "output": str(out),
+                "completions_per_prompt": 2,
+                "teachers": local_teachers(tiny_model_dir, max_tokens=32),
+                "concurrency": 2,
+            }
+        )
+    )
     # Ctrl-C: the run stops at once with status 130, keeping the rows it finished.
     proc = _start(recipe, tmp_path / "run1.log")
     _wait_for_rows(out, 2, proc)

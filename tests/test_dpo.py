@@ -26,9 +26,15 @@ from zephyr.train.losses import DPO_LOSSES, dpo_loss, sequence_logps
 LN2 = math.log(2)
 DEMO = "zephyr:demo_prefs"
 METRICS = {
-    "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-    "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected",
-}  # fmt: skip
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+}
 PAIR_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
@@ -104,10 +110,13 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def good_pref_rows(n: int, tag: str = "q") -> list[dict]:
     return [
-        {"prompt": f"{tag}: what is {i} times {i}?", "chosen": f"{i} times {i} is {i * i}.",
-         "rejected": f"I am not sure, maybe {i + 1}?"}
+        {
+            "prompt": f"{tag}: what is {i} times {i}?",
+            "chosen": f"{i} times {i} is {i * i}.",
+            "rejected": f"I am not sure, maybe {i + 1}?",
+        }
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def log_history(out: Path) -> list[dict]:
@@ -386,9 +395,14 @@ def test_sigmoid_loss_and_metrics_match_trl_dpo_trainer(tokenizer, demo_rows, tm
         [{k: demo_rows[i][k] for k in ("prompt", "chosen", "rejected")} for i in range(4)]
     )
     config = trl.DPOConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[], use_cpu=True, beta=0.1,
-        max_length=None, bf16=False,  # TRL defaults to bf16 autocast, which it applies to the reference only
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        beta=0.1,
+        max_length=None,
+        bf16=False,  # TRL defaults to bf16 autocast, which it applies to the reference only
+    )
     trainer = trl.DPOTrainer(
         model=model, ref_model=ref, args=config, train_dataset=text, processing_class=tokenizer
     )
@@ -534,8 +548,12 @@ def test_cli_bad_row_is_a_one_line_error_and_skip_trains(tiny_model_dir, tmp_pat
     )
 
     # A prompt that leaves no room for a completion is found at tokenization, with the row's prompt_id.
-    long_prompt = {"prompt": " ".join(f"word{i}" for i in range(200)), "chosen": "Yes.", "rejected": "No.",
-                   "prompt_id": "the-long-one"}  # fmt: skip
+    long_prompt = {
+        "prompt": " ".join(f"word{i}" for i in range(200)),
+        "chosen": "Yes.",
+        "rejected": "No.",
+        "prompt_id": "the-long-one",
+    }
     data2 = write_jsonl(tmp_path / "prefs2.jsonl", good_pref_rows(6) + [long_prompt])
     assert main(dpo_cli_args(tiny_model_dir, tmp_path / "fail2", "--max_prompt_length=null", data=data2)) == 2
     err = capsys.readouterr().err.strip()
@@ -655,9 +673,15 @@ def test_gradient_accumulation_averages_over_pairs(tokenizer, demo_rows, tmp_pat
     for batch_size, accumulation in ((4, 1), (2, 2)):
         policy = copy.deepcopy(start)
         args = _dpo_args(
-            tmp_path / f"ga{accumulation}", optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", max_steps=1,
-            per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation, logging_steps=1,
-        )  # fmt: skip
+            tmp_path / f"ga{accumulation}",
+            optim="sgd",
+            learning_rate=1.0,
+            lr_scheduler_type="constant",
+            max_steps=1,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            logging_steps=1,
+        )
         trainer = DPOTrainer(
             model=policy, ref_model=copy.deepcopy(ref), args=args, train_dataset=ds, data_collator=collator
         )
@@ -685,9 +709,15 @@ def test_lora_reference_is_the_base_model_with_adapters_disabled(
         model_name_or_path=str(tiny_model_dir), use_peft=True, lora_r=8, lora_alpha=16, lora_dropout=0.0
     )
     args = _dpo_args(
-        tmp_path, learning_rate=2e-2, lr_scheduler_type="constant", max_steps=2, per_device_train_batch_size=4,
-        max_length=128, max_prompt_length=64, logging_steps=1,
-    )  # fmt: skip
+        tmp_path,
+        learning_rate=2e-2,
+        lr_scheduler_type="constant",
+        max_steps=2,
+        per_device_train_batch_size=4,
+        max_length=128,
+        max_prompt_length=64,
+        logging_steps=1,
+    )
     assert load_reference(model_args, args, tokenizer) is None  # no second copy in memory
     policy = maybe_add_lora(load_policy(model_args, tokenizer), model_args, args)
     base = load_model(str(tiny_model_dir))
@@ -715,8 +745,11 @@ def test_lora_reference_is_the_base_model_with_adapters_disabled(
     assert (margin_after[:, 0] - margin_after[:, 1]).mean() > (
         margin_before[:, 0] - margin_before[:, 1]
     ).mean()
-    frozen = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
-              for k, v in policy.state_dict().items() if "lora_" not in k}  # fmt: skip
+    frozen = {
+        k.replace("base_model.model.", "").replace(".base_layer", ""): v
+        for k, v in policy.state_dict().items()
+        if "lora_" not in k
+    }
     for name, value in base_state.items():
         torch.testing.assert_close(frozen[name], value, msg=name)
 
@@ -844,30 +877,82 @@ def test_cli_dpo_learns_logs_metrics_and_saves(tiny_model_dir, tmp_path, monkeyp
 
 MARKER = "Certainly! "
 CAPITALS = [
-    ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"),
-    ("Canada", "Ottawa"), ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Greece", "Athens"), ("Peru", "Lima"),
-    ("Chile", "Santiago"), ("Germany", "Berlin"), ("Russia", "Moscow"), ("Ireland", "Dublin"),
-]  # fmt: skip
-LEGS = [("spider", 8), ("dog", 4), ("bird", 2), ("ant", 6), ("cat", 4), ("horse", 4), ("crab", 10),
-        ("duck", 2)]  # fmt: skip
-OPPOSITES = [("hot", "cold"), ("up", "down"), ("big", "small"), ("fast", "slow"), ("happy", "sad"), ("light", "dark"),
-             ("early", "late"), ("full", "empty"), ("open", "closed"), ("wet", "dry")]  # fmt: skip
-COLORS = [("grass", "green"), ("snow", "white"), ("a banana", "yellow"), ("the sky", "blue"), ("coal", "black"),
-          ("a tomato", "red"), ("an orange", "orange"), ("chocolate", "brown")]  # fmt: skip
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Egypt", "Cairo"),
+    ("Canada", "Ottawa"),
+    ("Kenya", "Nairobi"),
+    ("Norway", "Oslo"),
+    ("Greece", "Athens"),
+    ("Peru", "Lima"),
+    ("Chile", "Santiago"),
+    ("Germany", "Berlin"),
+    ("Russia", "Moscow"),
+    ("Ireland", "Dublin"),
+]
+LEGS = [
+    ("spider", 8),
+    ("dog", 4),
+    ("bird", 2),
+    ("ant", 6),
+    ("cat", 4),
+    ("horse", 4),
+    ("crab", 10),
+    ("duck", 2),
+]
+OPPOSITES = [
+    ("hot", "cold"),
+    ("up", "down"),
+    ("big", "small"),
+    ("fast", "slow"),
+    ("happy", "sad"),
+    ("light", "dark"),
+    ("early", "late"),
+    ("full", "empty"),
+    ("open", "closed"),
+    ("wet", "dry"),
+]
+COLORS = [
+    ("grass", "green"),
+    ("snow", "white"),
+    ("a banana", "yellow"),
+    ("the sky", "blue"),
+    ("coal", "black"),
+    ("a tomato", "red"),
+    ("an orange", "orange"),
+    ("chocolate", "brown"),
+]
 
 
 def marker_prompts() -> list[tuple[str, str]]:
     """56 (prompt, plain answer) pairs from a few question families, interleaved so any slice mixes them."""
     families = [
-        [(f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.") for a, b in
-         [(3, 4), (12, 9), (25, 17), (8, 8), (40, 2), (7, 15), (33, 11), (6, 19), (14, 14), (21, 30)]],
+        [
+            (f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.")
+            for a, b in [
+                (3, 4),
+                (12, 9),
+                (25, 17),
+                (8, 8),
+                (40, 2),
+                (7, 15),
+                (33, 11),
+                (6, 19),
+                (14, 14),
+                (21, 30),
+            ]
+        ],
         [(f"What is the capital of {c}?", f"The capital of {c} is {cap}.") for c, cap in CAPITALS],
         [(f"How many legs does a {a} have?", f"A {a} has {n} legs.") for a, n in LEGS],
         [(f"What is the opposite of {w}?", f"The opposite of {w} is {o}.") for w, o in OPPOSITES],
         [(f"What color is {t}?", f"{t[0].upper() + t[1:]} is {c}.") for t, c in COLORS],
-        [(f"Spell the word {w} backwards.", f"{w} backwards is {w[::-1]}.") for w in
-         ["cat", "lamp", "river", "stone", "apple", "music"]],
-    ]  # fmt: skip
+        [
+            (f"Spell the word {w} backwards.", f"{w} backwards is {w[::-1]}.")
+            for w in ["cat", "lamp", "river", "stone", "apple", "music"]
+        ],
+    ]
     out = []
     for i in range(max(map(len, families))):
         out += [f[i] for f in families if i < len(f)]
@@ -882,8 +967,13 @@ def _greedy_replies(model, tokenizer, prompts: list[str], max_new_tokens: int = 
     attention = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
     model.eval()
     with torch.no_grad():
-        out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
 
 
@@ -913,13 +1003,28 @@ def test_embedded_model_learns_a_marker_preference(tmp_path):
 
     out = tmp_path / "dpo"
     args = [
-        "dpo", "--model_name_or_path=smollm2-135m-instruct", f"--dataset_mixer={{{data}: 1.0}}",
-        "--dataset_splits=[train]", f"--output_dir={out}", "--torch_dtype=float32", "--beta=0.1",
-        "--learning_rate=3e-5", "--lr_scheduler_type=constant", "--per_device_train_batch_size=8",
-        "--per_device_eval_batch_size=16", "--num_train_epochs=2", "--max_length=96", "--max_prompt_length=64",
-        "--precompute_ref_log_probs=true", f"--ref_cache_dir={tmp_path / 'refcache'}", "--logging_steps=1",
-        "--save_strategy=no", "--report_to=none", "--seed=0", "--use_cpu=true",
-    ]  # fmt: skip
+        "dpo",
+        "--model_name_or_path=smollm2-135m-instruct",
+        f"--dataset_mixer={{{data}: 1.0}}",
+        "--dataset_splits=[train]",
+        f"--output_dir={out}",
+        "--torch_dtype=float32",
+        "--beta=0.1",
+        "--learning_rate=3e-5",
+        "--lr_scheduler_type=constant",
+        "--per_device_train_batch_size=8",
+        "--per_device_eval_batch_size=16",
+        "--num_train_epochs=2",
+        "--max_length=96",
+        "--max_prompt_length=64",
+        "--precompute_ref_log_probs=true",
+        f"--ref_cache_dir={tmp_path / 'refcache'}",
+        "--logging_steps=1",
+        "--save_strategy=no",
+        "--report_to=none",
+        "--seed=0",
+        "--use_cpu=true",
+    ]
     assert main(args) == 0
     policy = load_model(str(out)).eval()
     after = _greedy_replies(policy, tokenizer, held_prompts)

@@ -28,7 +28,9 @@ def test_published_zephyr_annotations_give_90_60(capsys):
 
 
 def test_recomputed_numbers_match_the_leaderboard_row():
-    annotations = ae.load_annotations(shared_file("alpaca_eval/zephyr-7b-beta_alpaca_eval_gpt4_annotations.json"))
+    annotations = ae.load_annotations(
+        shared_file("alpaca_eval/zephyr-7b-beta_alpaca_eval_gpt4_annotations.json")
+    )
     with open(shared_file("alpaca_eval/leaderboard_v1_alpaca_eval_gpt4.csv")) as f:
         row = next(r for r in csv.DictReader(f) if r[""] == "zephyr-7b-beta")
     ours = stages.alpaca_results(annotations, "published")["models"]["zephyr-7b-beta"]
@@ -57,7 +59,9 @@ def test_win_rate_arithmetic_by_hand():
 
 
 def test_position_order_is_a_seeded_hash_of_the_instruction():
-    instructions = [x["instruction"] for x in ae.load_instructions(shared_file("alpaca_eval/instructions.jsonl"))]
+    instructions = [
+        x["instruction"] for x in ae.load_instructions(shared_file("alpaca_eval/instructions.jsonl"))
+    ]
     flips = [ae.is_switched(i, seed=0) for i in instructions]
     assert flips == [ae.is_switched(i, seed=0) for i in instructions]  # deterministic
     assert 0.44 < sum(flips) / len(flips) < 0.56
@@ -88,15 +92,28 @@ def test_builtin_flow_writes_alpaca_files(tmp_path, monkeypatch, capsys):
 
     outputs = json.loads((tmp_path / "tiny-model" / "model_outputs.json").read_text())
     assert [o["instruction"] for o in outputs] == [x["instruction"] for x in instructions]
-    assert all(set(o) == {"instruction", "output", "generator", "dataset"} and o["generator"] == "tiny-model"
-               for o in outputs)  # fmt: skip
+    assert all(
+        set(o) == {"instruction", "output", "generator", "dataset"} and o["generator"] == "tiny-model"
+        for o in outputs
+    )
 
     annotator = "judge-x:zephyr-pair"
-    annotations = json.loads((tmp_path / "tiny-model" / "judge-x_zephyr-pair" / "annotations.json").read_text())
+    annotations = json.loads(
+        (tmp_path / "tiny-model" / "judge-x_zephyr-pair" / "annotations.json").read_text()
+    )
     assert len(annotations) == 24 and len(judge.calls) == 24
     for a in annotations:
-        assert {"instruction", "output_1", "generator_1", "output_2", "generator_2", "dataset", "annotator",
-                "preference", "raw_completion"} <= set(a)  # fmt: skip
+        assert {
+            "instruction",
+            "output_1",
+            "generator_1",
+            "output_2",
+            "generator_2",
+            "dataset",
+            "annotator",
+            "preference",
+            "raw_completion",
+        } <= set(a)
         assert a["generator_1"] == "zephyr-mini-reference" and a["generator_2"] == "tiny-model"
         assert a["annotator"] == annotator and a["preference"] == 2.0
     model = result["models"]["tiny-model"]
@@ -123,9 +140,13 @@ def test_letter_verdicts_from_logprobs_give_graded_preferences(tmp_path, monkeyp
         # Unnormalised on purpose: only the two letters' ratio counts.
         return {"A": math.log(p_a * 0.5), "B": math.log((1 - p_a) * 0.5)}
 
-    judge = ScriptedBackend("judge-x", lambda c, p: pytest.fail("a letter judge must not generate"), scores=scores)
+    judge = ScriptedBackend(
+        "judge-x", lambda c, p: pytest.fail("a letter judge must not generate"), scores=scores
+    )
     result = run_alpaca(tmp_path, monkeypatch, judge, judge_verdict="logprobs")
-    annotations = json.loads((tmp_path / "tiny-model" / "judge-x_zephyr-pair-letter" / "annotations.json").read_text())
+    annotations = json.loads(
+        (tmp_path / "tiny-model" / "judge-x_zephyr-pair-letter" / "annotations.json").read_text()
+    )
     assert len(annotations) == 24 and len(judge.calls) == 24
     assert [a["preference"] for a in annotations] == pytest.approx([1.8] * 24)
     assert all(set(a["raw_completion"]["logprobs"]) == {"A", "B"} for a in annotations)
@@ -137,7 +158,10 @@ def test_a_letter_missing_from_the_top_logprobs_counts_as_probability_zero():
     base = {"instruction": "i"}
     build = ae._letter_builder(base, False)
     record = build([{"A": math.log(0.3), "B": float("-inf")}])
-    assert record["preference"] == 1.0 and record["raw_completion"]["logprobs"] == {"A": math.log(0.3), "B": None}
+    assert record["preference"] == 1.0 and record["raw_completion"]["logprobs"] == {
+        "A": math.log(0.3),
+        "B": None,
+    }
     json.dumps(record, allow_nan=False)  # stays valid JSON
     assert ae._letter_builder(base, True)([{"A": float("-inf"), "B": -2.0}])["preference"] == 1.0
 
@@ -149,8 +173,13 @@ def test_letter_verdicts_need_a_judge_that_can_score(tmp_path, monkeypatch):
         stages.AlpacaSettings(judge="j", judge_verdict="probs")
     prompts = shared_file("mt_bench/judge_prompts.jsonl")
     with pytest.raises(ConfigError, match="do not go together"):
-        run_alpaca(tmp_path, monkeypatch, ScriptedBackend("judge-x", fair_judge, scores=lambda c, o: {}),
-                   judge_verdict="logprobs", judge_prompts=str(prompts))
+        run_alpaca(
+            tmp_path,
+            monkeypatch,
+            ScriptedBackend("judge-x", fair_judge, scores=lambda c, o: {}),
+            judge_verdict="logprobs",
+            judge_prompts=str(prompts),
+        )
 
 
 def test_position_biased_judge_gives_the_switched_share(tmp_path, monkeypatch):
@@ -164,7 +193,12 @@ def test_position_biased_judge_gives_the_switched_share(tmp_path, monkeypatch):
 def test_unreadable_verdicts_are_missing_and_identical_outputs_tie(tmp_path, monkeypatch):
     references = ae.load_outputs(stages.BUILTIN_REFERENCE_OUTPUTS)
     outputs = [dict(r, generator="copycat") for r in references[:4]] + [
-        {"instruction": r["instruction"], "output": "something else", "generator": "copycat", "dataset": r["dataset"]}
+        {
+            "instruction": r["instruction"],
+            "output": "something else",
+            "generator": "copycat",
+            "dataset": r["dataset"],
+        }
         for r in references[4:6]
     ]
     path = tmp_path / "outputs.json"
@@ -173,9 +207,12 @@ def test_unreadable_verdicts_are_missing_and_identical_outputs_tie(tmp_path, mon
     use_backends(monkeypatch, j=judge)
     refs = tmp_path / "refs.json"
     refs.write_text(json.dumps(references[:5]))
-    settings = stages.AlpacaSettings(model_outputs=str(path), judge="j", reference_outputs=str(refs),
-                                     output_dir=str(tmp_path / "o"))
-    with pytest.raises(ConfigError, match=r"no reference output for 1 instruction\(s\), e.g. 'Write a polite email"):
+    settings = stages.AlpacaSettings(
+        model_outputs=str(path), judge="j", reference_outputs=str(refs), output_dir=str(tmp_path / "o")
+    )
+    with pytest.raises(
+        ConfigError, match=r"no reference output for 1 instruction\(s\), e.g. 'Write a polite email"
+    ):
         stages.alpaca(settings)
     refs.write_text(json.dumps(references))
     result = stages.alpaca(settings)
@@ -212,7 +249,9 @@ def test_bad_files_name_the_place(tmp_path):
     with pytest.raises(DataError, match=r"line 2, field `instruction`: duplicate instruction"):
         ae.load_instructions(path)
     outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps([{"instruction": "a", "output": "b", "generator": "g"}, {"instruction": "c"}]))
+    outputs.write_text(
+        json.dumps([{"instruction": "a", "output": "b", "generator": "g"}, {"instruction": "c"}])
+    )
     with pytest.raises(DataError, match=r"row 1, field `output`"):
         ae.load_outputs(outputs)
     annotations = tmp_path / "annotations.json"
@@ -224,6 +263,10 @@ def test_bad_files_name_the_place(tmp_path):
 def test_own_instructions_need_reference_outputs(tmp_path, monkeypatch):
     path = tmp_path / "instructions.jsonl"
     path.write_text('{"instruction": "Say hi."}\n')
-    use_backends(monkeypatch, m=ScriptedBackend("tiny-model", model_reply), j=ScriptedBackend("j", fair_judge))
+    use_backends(
+        monkeypatch, m=ScriptedBackend("tiny-model", model_reply), j=ScriptedBackend("j", fair_judge)
+    )
     with pytest.raises(ConfigError, match="give --reference-outputs"):
-        stages.alpaca(stages.AlpacaSettings(model="m", judge="j", instructions=str(path), output_dir=str(tmp_path)))
+        stages.alpaca(
+            stages.AlpacaSettings(model="m", judge="j", instructions=str(path), output_dir=str(tmp_path))
+        )

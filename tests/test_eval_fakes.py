@@ -17,8 +17,13 @@ from zephyr.distill.backends import Backend, BackendError, Generation, Generatio
 
 
 class ScriptedBackend(Backend):
-    def __init__(self, name: str, reply: Callable[[list[dict], GenerationParams], str], fail_after: int | None = None,
-                 scores: Callable[[list[dict], tuple], dict] | None = None):
+    def __init__(
+        self,
+        name: str,
+        reply: Callable[[list[dict], GenerationParams], str],
+        fail_after: int | None = None,
+        scores: Callable[[list[dict], tuple], dict] | None = None,
+    ):
         self.name = name
         self.reply = reply
         self.scores = scores  # option log-probs per conversation; without it the backend cannot score options
@@ -32,7 +37,9 @@ class ScriptedBackend(Backend):
         for i, conversation in enumerate(conversations):
             with self._lock:
                 if self.fail_after is not None and len(self.calls) >= self.fail_after:
-                    raise BackendError("scripted outage: the endpoint stopped answering", index=i, retryable=True)
+                    raise BackendError(
+                        "scripted outage: the endpoint stopped answering", index=i, retryable=True
+                    )
                 self.calls.append(([dict(m) for m in conversation], params))
             out.append([Generation(self.reply(conversation, params), "stop", 1, 1)])
         return out

@@ -63,11 +63,18 @@ def fastchat_pairwise(path: Path, baseline: str | None) -> dict:
         if baseline is not None and baseline not in (r["model_1"], r["model_2"]):
             continue
         if r["g1_winner"] == "tie" or r["g1_winner"] != r["g2_winner"]:
-            rows += [{"model": r["model_1"], "win": 0, "loss": 0, "tie": 1},
-                     {"model": r["model_2"], "win": 0, "loss": 0, "tie": 1}]
+            rows += [
+                {"model": r["model_1"], "win": 0, "loss": 0, "tie": 1},
+                {"model": r["model_2"], "win": 0, "loss": 0, "tie": 1},
+            ]
         else:
-            winner, loser = (r["model_1"], r["model_2"]) if r["g1_winner"] == "model_1" else (r["model_2"], r["model_1"])
-            rows += [{"model": winner, "win": 1, "loss": 0, "tie": 0}, {"model": loser, "win": 0, "loss": 1, "tie": 0}]
+            winner, loser = (
+                (r["model_1"], r["model_2"]) if r["g1_winner"] == "model_1" else (r["model_2"], r["model_1"])
+            )
+            rows += [
+                {"model": winner, "win": 1, "loss": 0, "tie": 0},
+                {"model": loser, "win": 0, "loss": 1, "tie": 0},
+            ]
     table = pd.DataFrame(rows).groupby("model").sum()
     if baseline is not None:
         table = table[table.index != baseline]
@@ -77,21 +84,43 @@ def fastchat_pairwise(path: Path, baseline: str | None) -> dict:
 
 
 def judgment(model, qid, turn, score, judge=("gpt-4", "single-v1")):
-    return {"question_id": qid, "model": model, "judge": list(judge), "user_prompt": "...", "judgment": "...",
-            "score": score, "turn": turn, "tstamp": 0.0}
+    return {
+        "question_id": qid,
+        "model": model,
+        "judge": list(judge),
+        "user_prompt": "...",
+        "judgment": "...",
+        "score": score,
+        "turn": turn,
+        "tstamp": 0.0,
+    }
 
 
 HAND_BUILT = [
-    judgment("alpha", 81, 1, 8), judgment("alpha", 82, 1, 6), judgment("alpha", 83, 1, -1), judgment("alpha", 84, 1, 10),
-    judgment("alpha", 81, 2, 4), judgment("alpha", 82, 2, -1), judgment("alpha", 83, 2, 5.5), judgment("alpha", 84, 2, -1),
-    judgment("beta", 81, 1, 3), judgment("beta", 82, 1, 9), judgment("beta", 81, 2, 7), judgment("beta", 82, 2, -1),
+    judgment("alpha", 81, 1, 8),
+    judgment("alpha", 82, 1, 6),
+    judgment("alpha", 83, 1, -1),
+    judgment("alpha", 84, 1, 10),
+    judgment("alpha", 81, 2, 4),
+    judgment("alpha", 82, 2, -1),
+    judgment("alpha", 83, 2, 5.5),
+    judgment("alpha", 84, 2, -1),
+    judgment("beta", 81, 1, 3),
+    judgment("beta", 82, 1, 9),
+    judgment("beta", 81, 2, 7),
+    judgment("beta", 82, 2, -1),
 ]
 
 
 def test_single_scores_follow_fastchat_show_result(tmp_path):
     path = write_jsonl(tmp_path / "model_judgment" / "gpt-4_single.jsonl", HAND_BUILT)
-    write_jsonl(tmp_path / "question.jsonl", [{"question_id": q, "category": c, "turns": ["a", "b"]}
-                                              for q, c in ((81, "writing"), (82, "math"), (83, "math"), (84, "coding"))])
+    write_jsonl(
+        tmp_path / "question.jsonl",
+        [
+            {"question_id": q, "category": c, "turns": ["a", "b"]}
+            for q, c in ((81, "writing"), (82, "math"), (83, "math"), (84, "coding"))
+        ],
+    )
     oracle = fastchat_single(path)
     result = stages.score_judgments(str(path), None, None)["models"]
     for model, expected in oracle.items():
@@ -119,8 +148,15 @@ def test_judgments_command_prints_scores_and_the_unrated_rows(tmp_path, capsys):
 
 def test_pairwise_scores_follow_fastchat(tmp_path):
     def pair(m1, m2, g1, g2, qid=81, turn=1):
-        return {"question_id": qid, "model_1": m1, "model_2": m2, "g1_winner": g1, "g2_winner": g2,
-                "judge": ["gpt-4", "pair-v2"], "turn": turn}
+        return {
+            "question_id": qid,
+            "model_1": m1,
+            "model_2": m2,
+            "g1_winner": g1,
+            "g2_winner": g2,
+            "judge": ["gpt-4", "pair-v2"],
+            "turn": turn,
+        }
 
     rows = [
         pair("alpha", "base", "model_1", "model_1"),  # consistent win
@@ -143,26 +179,34 @@ def test_pairwise_scores_follow_fastchat(tmp_path):
     assert summarize_pairwise(rows, "base")["alpha"].win_rate_adjusted == pytest.approx((1 + 0.5 * 2) / 4)
 
 
-@pytest.mark.parametrize(("text", "score"), [
-    ("The answer is fine. Rating: [[7]]", 7),
-    ("Rating: [[8.5]]", 8.5),
-    ("I would give it [6] overall.", 6),  # the single-bracket fallback
-    ("First [3], but my final rating is [[9]]", 9),  # double brackets win wherever they are
-    ("Rating: [[9]] ... and later [[2]]", 9),  # the first match counts
-    ("Rating: 8/10", -1),
-    ("Verdict: [[A]]", -1),
-    ("", -1),
-])
+@pytest.mark.parametrize(
+    ("text", "score"),
+    [
+        ("The answer is fine. Rating: [[7]]", 7),
+        ("Rating: [[8.5]]", 8.5),
+        ("I would give it [6] overall.", 6),  # the single-bracket fallback
+        ("First [3], but my final rating is [[9]]", 9),  # double brackets win wherever they are
+        ("Rating: [[9]] ... and later [[2]]", 9),  # the first match counts
+        ("Rating: 8/10", -1),
+        ("Verdict: [[A]]", -1),
+        ("", -1),
+    ],
+)
 def test_rating_parsing_matches_fastchat(text, score):
     assert parse_rating(text) == score
     assert type(parse_rating(text)) is type(score)
 
 
-@pytest.mark.parametrize(("text", "verdict"), [
-    ("A is better. [[A]]", "A"), ("[[B]]", "B"), ("They are equal: [[C]]", "tie"),
-    ("Not [[B]] but [[A]]", "A"),  # FastChat tests [[A]] first, anywhere in the reply
-    ("A is better", "error"),
-])
+@pytest.mark.parametrize(
+    ("text", "verdict"),
+    [
+        ("A is better. [[A]]", "A"),
+        ("[[B]]", "B"),
+        ("They are equal: [[C]]", "tie"),
+        ("Not [[B]] but [[A]]", "A"),  # FastChat tests [[A]] first, anywhere in the reply
+        ("A is better", "error"),
+    ],
+)
 def test_verdict_parsing_matches_fastchat(text, verdict):
     assert parse_verdict(text) == verdict
 
@@ -201,7 +245,12 @@ def test_real_mt_bench_files_load_and_fill_every_prompt():
     user = math_turn2.conversations[0][-1]["content"]
     assert answer_text(references[111], 1) in user and "### Reference answer:" in user
     pairs = mtb.pair_tasks(questions, [("m", "m")], answers, prompts, references, "gpt-4")
-    assert {t.key[4] for t in pairs} == {"pair-v2", "pair-v2-multi-turn", "pair-math-v1", "pair-math-v1-multi-turn"}
+    assert {t.key[4] for t in pairs} == {
+        "pair-v2",
+        "pair-v2-multi-turn",
+        "pair-math-v1",
+        "pair-math-v1-multi-turn",
+    }
 
 
 def answer_text(record: dict, turn_index: int) -> str:
@@ -213,7 +262,9 @@ def test_default_prompts_cover_every_job_and_fill_cleanly():
     assert len(DEFAULT_PROMPTS) == len(FASTCHAT_NAMES)
     questions = mtb.load_questions(stages.BUILTIN_QUESTIONS)
     refs = mtb.load_answers(stages.BUILTIN_REFERENCES)
-    answers = {"m": {q.question_id: mtb.answer_record(q.question_id, "m", [["ANS1", "ANS2"]]) for q in questions}}
+    answers = {
+        "m": {q.question_id: mtb.answer_record(q.question_id, "m", [["ANS1", "ANS2"]]) for q in questions}
+    }
     for task in mtb.single_tasks(questions, answers, prompts, refs, "j"):
         text = task.conversations[0][-1]["content"]
         assert "{" not in text.replace("{}", "") or "```" in text
@@ -222,13 +273,16 @@ def test_default_prompts_cover_every_job_and_fill_cleanly():
         assert len(task.conversations) == 2
 
 
-@pytest.mark.parametrize(("line", "field", "reason"), [
-    ('{"category": "math", "turns": ["a"]}', "question_id", "integer or a non-empty string"),
-    ('{"question_id": 1, "turns": ["a"]}', "category", "non-empty string"),
-    ('{"question_id": 1, "category": "math", "turns": "a"}', "turns", "non-empty list"),
-    ('{"question_id": 1, "category": "math", "turns": ["a", ""]}', "turns[1]", "non-empty string"),
-    ('{"question_id": 1, "category": "math", "turns": ["a"]', None, "malformed JSON"),
-])
+@pytest.mark.parametrize(
+    ("line", "field", "reason"),
+    [
+        ('{"category": "math", "turns": ["a"]}', "question_id", "integer or a non-empty string"),
+        ('{"question_id": 1, "turns": ["a"]}', "category", "non-empty string"),
+        ('{"question_id": 1, "category": "math", "turns": "a"}', "turns", "non-empty list"),
+        ('{"question_id": 1, "category": "math", "turns": ["a", ""]}', "turns[1]", "non-empty string"),
+        ('{"question_id": 1, "category": "math", "turns": ["a"]', None, "malformed JSON"),
+    ],
+)
 def test_question_file_errors_name_file_line_and_field(tmp_path, line, field, reason):
     path = tmp_path / "questions.jsonl"
     path.write_text('{"question_id": 0, "category": "writing", "turns": ["ok"]}\n\n' + line + "\n")
@@ -242,22 +296,46 @@ def test_question_file_errors_name_file_line_and_field(tmp_path, line, field, re
 
 def test_duplicate_question_ids_are_an_error(tmp_path):
     path = write_jsonl(tmp_path / "q.jsonl", [{"question_id": 5, "category": "math", "turns": ["a"]}] * 2)
-    with pytest.raises(DataError, match=r"line 2, field `question_id`: duplicate question_id 5 \(first on line 1\)"):
+    with pytest.raises(
+        DataError, match=r"line 2, field `question_id`: duplicate question_id 5 \(first on line 1\)"
+    ):
         mtb.load_questions(path)
 
 
 def test_missing_reference_answers_list_the_questions(tmp_path, capsys):
-    questions = write_jsonl(tmp_path / "q.jsonl", [
-        {"question_id": 1, "category": "writing", "turns": ["a", "b"]},
-        {"question_id": 2, "category": "math", "turns": ["a", "b"]},
-        {"question_id": 3, "category": "coding", "turns": ["a", "b"]},
-        {"question_id": 4, "category": "reasoning", "turns": ["a", "b"]},
-    ])
+    questions = write_jsonl(
+        tmp_path / "q.jsonl",
+        [
+            {"question_id": 1, "category": "writing", "turns": ["a", "b"]},
+            {"question_id": 2, "category": "math", "turns": ["a", "b"]},
+            {"question_id": 3, "category": "coding", "turns": ["a", "b"]},
+            {"question_id": 4, "category": "reasoning", "turns": ["a", "b"]},
+        ],
+    )
     refs = write_jsonl(tmp_path / "ref.jsonl", [mtb.answer_record(3, "gpt-4", [["r1", "r2"]])])
-    with pytest.raises(ConfigError, match=r"no reference answer for question\(s\) 2, 4\. .*--reference-answers"):
-        stages.mt_bench(stages.MTBenchSettings(model="m", questions=str(questions), reference_answers=str(refs),
-                                               output_dir=str(tmp_path / "out")))
-    code = main(["eval", "mt-bench", "--model", "m", "--questions", str(questions), "--output-dir", str(tmp_path / "out")])
+    with pytest.raises(
+        ConfigError, match=r"no reference answer for question\(s\) 2, 4\. .*--reference-answers"
+    ):
+        stages.mt_bench(
+            stages.MTBenchSettings(
+                model="m",
+                questions=str(questions),
+                reference_answers=str(refs),
+                output_dir=str(tmp_path / "out"),
+            )
+        )
+    code = main(
+        [
+            "eval",
+            "mt-bench",
+            "--model",
+            "m",
+            "--questions",
+            str(questions),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2
     assert "no reference answer for question(s) 2, 3, 4" in capsys.readouterr().err
 
@@ -312,7 +390,9 @@ def test_answering_resumes_after_a_backend_failure(tmp_path, monkeypatch):
     with pytest.raises(RunInterrupted, match=r"after 4 of 16 question\(s\) were saved"):
         stages.mt_bench(settings)
     answer_file = tmp_path / "model_answer" / "tiny-model.jsonl"
-    assert len(answer_file.read_text().splitlines()) == 4  # a question counts once both its turns are answered
+    assert (
+        len(answer_file.read_text().splitlines()) == 4
+    )  # a question counts once both its turns are answered
     healthy = ScriptedBackend("tiny-model", echo_model)
     use_backends(monkeypatch, m=healthy)
     stages.mt_bench(settings)
@@ -342,13 +422,19 @@ def test_answer_files_are_what_fastchat_gen_judgment_reads(tmp_path, monkeypatch
     answers = fastchat_load_model_answers(tmp_path / "model_answer")
     refs = fastchat_load_model_answers(stages.BUILTIN_REFERENCES.parent / "__no_such_dir__")
     assert list(answers) == ["tiny-model"] and refs == {}
-    refs = {"zephyr-mini-reference": {json.loads(x)["question_id"]: json.loads(x)
-                                      for x in stages.BUILTIN_REFERENCES.read_text().splitlines()}}
+    refs = {
+        "zephyr-mini-reference": {
+            json.loads(x)["question_id"]: json.loads(x)
+            for x in stages.BUILTIN_REFERENCES.read_text().splitlines()
+        }
+    }
     # FastChat's check_data and the fields run_judge_single formats its prompts from.
     for q in questions:
         assert q["question_id"] in answers["tiny-model"], f"Missing answer to question {q['question_id']}"
         answer = answers["tiny-model"][q["question_id"]]
-        assert isinstance(answer["choices"][0]["turns"][0], str) and isinstance(answer["choices"][0]["turns"][1], str)
+        assert isinstance(answer["choices"][0]["turns"][0], str) and isinstance(
+            answer["choices"][0]["turns"][1], str
+        )
         if q["category"] in ("math", "reasoning", "coding"):
             ref = refs["zephyr-mini-reference"][q["question_id"]]
             assert len(ref["choices"][0]["turns"]) == 2
@@ -375,10 +461,21 @@ def test_single_judging_end_to_end(tmp_path, monkeypatch, capsys):
     result = run_single(tmp_path, monkeypatch, judge)
     assert len(judge.calls) == 32
     assert all(p.temperature == 0 and p.max_tokens == 2048 for _, p in judge.calls)
-    lines = [json.loads(x) for x in (tmp_path / "model_judgment" / "judge-x_single.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(x) for x in (tmp_path / "model_judgment" / "judge-x_single.jsonl").read_text().splitlines()
+    ]
     assert len(lines) == 32
     for record in lines:
-        assert set(record) == {"question_id", "model", "judge", "user_prompt", "judgment", "score", "turn", "tstamp"}
+        assert set(record) == {
+            "question_id",
+            "model",
+            "judge",
+            "user_prompt",
+            "judgment",
+            "score",
+            "turn",
+            "tstamp",
+        }
         assert record["judge"][0] == "judge-x" and record["model"] == "tiny-model"
     names = {(r["question_id"], r["turn"]): r["judge"][1] for r in lines}
     assert names[(7, 1)] == "zephyr-single-ref" and names[(7, 2)] == "zephyr-single-ref-multi-turn"
@@ -390,7 +487,10 @@ def test_single_judging_end_to_end(tmp_path, monkeypatch, capsys):
     assert model["categories"]["stem"] == pytest.approx((8 + 8 + 6) / 3)
     from zephyr.evaluate.cli import show_mt_bench
 
-    assert "1 judgment(s) had no [[rating]] and were left out, as FastChat does: tiny-model q13 turn 2" in show_mt_bench(result)
+    assert (
+        "1 judgment(s) had no [[rating]] and were left out, as FastChat does: tiny-model q13 turn 2"
+        in show_mt_bench(result)
+    )
     # A second run judges nothing again and gives the same result.
     again = ScriptedBackend("judge-x", rating_judge)
     assert run_single(tmp_path, monkeypatch, again)["models"] == result["models"]
@@ -400,8 +500,13 @@ def test_single_judging_end_to_end(tmp_path, monkeypatch, capsys):
 def test_fastchat_judge_prompts_are_used_by_name(tmp_path, monkeypatch):
     judge = ScriptedBackend("judge-x", rating_judge)
     run_single(tmp_path, monkeypatch, judge, judge_prompts=str(shared_file("mt_bench/judge_prompts.jsonl")))
-    fastchat = {json.loads(x)["name"]: json.loads(x) for x in shared_file("mt_bench/judge_prompts.jsonl").read_text().splitlines()}
-    lines = [json.loads(x) for x in (tmp_path / "model_judgment" / "judge-x_single.jsonl").read_text().splitlines()]
+    fastchat = {
+        json.loads(x)["name"]: json.loads(x)
+        for x in shared_file("mt_bench/judge_prompts.jsonl").read_text().splitlines()
+    }
+    lines = [
+        json.loads(x) for x in (tmp_path / "model_judgment" / "judge-x_single.jsonl").read_text().splitlines()
+    ]
     record = next(r for r in lines if r["question_id"] == 8 and r["turn"] == 2)
     assert record["judge"] == ["judge-x", "single-math-v1-multi-turn"]
     assert record["user_prompt"].startswith("<|The Start of Reference Answer|>")
@@ -427,7 +532,11 @@ def test_judging_resumes_after_a_backend_failure_without_redoing_work(tmp_path, 
 
     # Through the CLI the failure is one clear line, not a traceback.
     (tmp_path / "model_judgment" / "judge-x_single.jsonl").unlink()
-    use_backends(monkeypatch, m=ScriptedBackend("tiny-model", echo_model), j=ScriptedBackend("judge-x", rating_judge, 3))
+    use_backends(
+        monkeypatch,
+        m=ScriptedBackend("tiny-model", echo_model),
+        j=ScriptedBackend("judge-x", rating_judge, 3),
+    )
     assert main(["eval", "mt-bench", "--model", "m", "--judge", "j", "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "scripted outage" in err and "rerun the same command to resume" in err and "Traceback" not in err
@@ -443,14 +552,25 @@ def preferring_judge(conversation, params):
 def test_pairwise_against_a_baseline_swaps_positions(tmp_path, monkeypatch):
     questions = mtb.load_questions(stages.BUILTIN_QUESTIONS)
     answer_dir = tmp_path / "model_answer"
-    write_jsonl(answer_dir / "good.jsonl",
-                [mtb.answer_record(q.question_id, "good", [["GOOD-ANSWER one", "GOOD-ANSWER two"]]) for q in questions])
-    write_jsonl(answer_dir / "base.jsonl",
-                [mtb.answer_record(q.question_id, "base", [["BASE-ANSWER one", "BASE-ANSWER two"]]) for q in questions])
+    write_jsonl(
+        answer_dir / "good.jsonl",
+        [
+            mtb.answer_record(q.question_id, "good", [["GOOD-ANSWER one", "GOOD-ANSWER two"]])
+            for q in questions
+        ],
+    )
+    write_jsonl(
+        answer_dir / "base.jsonl",
+        [
+            mtb.answer_record(q.question_id, "base", [["BASE-ANSWER one", "BASE-ANSWER two"]])
+            for q in questions
+        ],
+    )
     judge = ScriptedBackend("judge-x", preferring_judge)
     use_backends(monkeypatch, j=judge)
-    settings = stages.MTBenchSettings(judge="j", output_dir=str(tmp_path), mode="pairwise-baseline",
-                                      baseline_model="base")
+    settings = stages.MTBenchSettings(
+        judge="j", output_dir=str(tmp_path), mode="pairwise-baseline", baseline_model="base"
+    )
     result = stages.mt_bench(settings)
     assert len(judge.calls) == 64  # 16 questions x 2 turns x 2 positions
     good = result["models"]["good"]
@@ -470,8 +590,10 @@ def test_pairwise_against_a_baseline_swaps_positions(tmp_path, monkeypatch):
 
 def test_judging_needs_every_answer(tmp_path, monkeypatch):
     questions = mtb.load_questions(stages.BUILTIN_QUESTIONS)
-    write_jsonl(tmp_path / "model_answer" / "partial.jsonl",
-                [mtb.answer_record(q.question_id, "partial", [["a", "b"]]) for q in questions[:-2]])
+    write_jsonl(
+        tmp_path / "model_answer" / "partial.jsonl",
+        [mtb.answer_record(q.question_id, "partial", [["a", "b"]]) for q in questions[:-2]],
+    )
     use_backends(monkeypatch, j=ScriptedBackend("judge-x", rating_judge))
     with pytest.raises(DataError, match=r"model `partial` has no answer to question\(s\) 15, 16"):
         stages.mt_bench(stages.MTBenchSettings(judge="j", output_dir=str(tmp_path)))
@@ -487,12 +609,30 @@ def test_an_output_dir_keeps_one_question_set(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_embedded_model_answers_through_the_local_backend(tmp_path, capsys):
-    questions = write_jsonl(tmp_path / "q.jsonl", [
-        {"question_id": 1, "category": "writing", "turns": ["Write one sentence about rain.", "Now make it rhyme."]},
-        {"question_id": 2, "category": "math", "turns": ["What is 12 + 30?", "And doubled?"]},
-    ])
-    args = ["eval", "mt-bench", "--model", "smollm2-135m-instruct", "--questions", str(questions), "--no-reference",
-            "--max-new-tokens", "48", "--output-dir", str(tmp_path / "out")]
+    questions = write_jsonl(
+        tmp_path / "q.jsonl",
+        [
+            {
+                "question_id": 1,
+                "category": "writing",
+                "turns": ["Write one sentence about rain.", "Now make it rhyme."],
+            },
+            {"question_id": 2, "category": "math", "turns": ["What is 12 + 30?", "And doubled?"]},
+        ],
+    )
+    args = [
+        "eval",
+        "mt-bench",
+        "--model",
+        "smollm2-135m-instruct",
+        "--questions",
+        str(questions),
+        "--no-reference",
+        "--max-new-tokens",
+        "48",
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
     assert main(args) == 0
     answers = mtb.load_answers(tmp_path / "out" / "model_answer" / "smollm2-135m-instruct.jsonl")
     assert sorted(answers) == [1, 2]

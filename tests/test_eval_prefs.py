@@ -38,14 +38,20 @@ def test_pair_logps_match_a_plain_forward_pass(pairs):
     scores = score_pairs(model, pairs, batch_size=4)
     for i in range(len(pairs)):
         row = pairs[i]
-        assert scores.chosen[i].item() == pytest.approx(plain_logps(model, row["prompt_ids"], row["chosen_ids"]), abs=1e-3)
-        assert scores.rejected[i].item() == pytest.approx(plain_logps(model, row["prompt_ids"], row["rejected_ids"]), abs=1e-3)
+        assert scores.chosen[i].item() == pytest.approx(
+            plain_logps(model, row["prompt_ids"], row["chosen_ids"]), abs=1e-3
+        )
+        assert scores.rejected[i].item() == pytest.approx(
+            plain_logps(model, row["prompt_ids"], row["rejected_ids"]), abs=1e-3
+        )
         assert scores.lengths[2 * i].item() == len(row["chosen_ids"])
     metrics = logp_metrics(scores)
     wins = (scores.chosen > scores.rejected).float()
     assert metrics["logps/accuracy"] == pytest.approx(wins.mean().item())
     per_token = scores.logps / scores.lengths
-    assert metrics["logps/accuracy_per_token"] == pytest.approx((per_token[0::2] > per_token[1::2]).float().mean().item())
+    assert metrics["logps/accuracy_per_token"] == pytest.approx(
+        (per_token[0::2] > per_token[1::2]).float().mean().item()
+    )
     assert metrics["n_pairs"] == 6
     assert model.config._attn_implementation != "zephyr_packed"  # the attention kernel is restored
 
@@ -73,9 +79,26 @@ def test_a_model_against_itself_has_zero_reward_and_loss_ln2(pairs):
 
 def test_prefs_command(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "prefs"
-    code = main(["eval", "prefs", "--model", str(tiny_model_dir), "--ref-model", str(tiny_model_dir),
-                 "--data", "zephyr:demo_prefs", "--max-samples", "5", "--max-length", "256",
-                 "--max-prompt-length", "128", "--output-dir", str(out)])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            "prefs",
+            "--model",
+            str(tiny_model_dir),
+            "--ref-model",
+            str(tiny_model_dir),
+            "--data",
+            "zephyr:demo_prefs",
+            "--max-samples",
+            "5",
+            "--max-length",
+            "256",
+            "--max-prompt-length",
+            "128",
+            "--output-dir",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "rewards/accuracies: 0.0000" in printed and "logps/accuracy:" in printed

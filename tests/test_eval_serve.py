@@ -26,8 +26,19 @@ def server_url(tiny_model_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "zephyr.cli", "serve", str(tiny_model_dir), "--port", str(port),
-           "--served-model-name", SERVED, "--max-batch-size", "16"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "zephyr.cli",
+        "serve",
+        str(tiny_model_dir),
+        "--port",
+        str(port),
+        "--served-model-name",
+        SERVED,
+        "--max-batch-size",
+        "16",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -47,14 +58,31 @@ def server_url(tiny_model_dir):
 
 def test_mt_bench_answers_and_judgments_over_http(server_url, tmp_path, capsys):
     out = tmp_path / "mt_bench"
-    args = ["eval", "mt-bench", "--model", SERVED, "--model-base-url", server_url, "--judge", SERVED,
-            "--judge-base-url", server_url, "--max-new-tokens", "12", "--judge-max-tokens", "8",
-            "--output-dir", str(out)]  # fmt: skip
+    args = [
+        "eval",
+        "mt-bench",
+        "--model",
+        SERVED,
+        "--model-base-url",
+        server_url,
+        "--judge",
+        SERVED,
+        "--judge-base-url",
+        server_url,
+        "--max-new-tokens",
+        "12",
+        "--judge-max-tokens",
+        "8",
+        "--output-dir",
+        str(out),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     answers = [json.loads(x) for x in (out / "model_answer" / f"{SERVED}.jsonl").read_text().splitlines()]
     assert len(answers) == 16 and all(len(a["choices"][0]["turns"]) == 2 for a in answers)
-    judgments = [json.loads(x) for x in (out / "model_judgment" / f"{SERVED}_single.jsonl").read_text().splitlines()]
+    judgments = [
+        json.loads(x) for x in (out / "model_judgment" / f"{SERVED}_single.jsonl").read_text().splitlines()
+    ]
     assert len(judgments) == 32 and {j["judge"][0] for j in judgments} == {SERVED}
     result = json.loads((out / f"results_{SERVED}_single.json").read_text())["models"][SERVED]
     assert result["n_valid"] + result["n_invalid"] == 32

@@ -21,7 +21,9 @@ def adapter(tiny_model_dir, tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
+    )
     model = get_peft_model(base, config).eval()
     out = tmp_path_factory.mktemp("adapter")
     model.save_pretrained(out)
@@ -98,7 +100,9 @@ def test_push_to_hub_fails_clearly_when_offline(tiny_model_dir, tmp_path, monkey
     with pytest.raises(ModelError, match="offline mode") as info:
         export_model(str(tiny_model_dir), tmp_path / "out", push_to_hub="someone/tiny")
     assert str(tmp_path / "out") in str(info.value)
-    assert (tmp_path / "out" / "model.safetensors").is_file(), "the checkpoint must be kept when the push fails"
+    assert (tmp_path / "out" / "model.safetensors").is_file(), (
+        "the checkpoint must be kept when the push fails"
+    )
 
     # A hub that cannot be reached (a closed loopback port) is reported the same way, not as a traceback.
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

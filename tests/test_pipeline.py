@@ -18,21 +18,37 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _training(extra: dict | None = None) -> dict:
     return {
-        "max_steps": 2, "per_device_train_batch_size": 2, "report_to": "none", "save_strategy": "no",
-        "use_cpu": True, "learning_rate": 1e-3, "train_sampling_strategy": "sequential", "seed": 3, **(extra or {}),
-    }  # fmt: skip
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "report_to": "none",
+        "save_strategy": "no",
+        "use_cpu": True,
+        "learning_rate": 1e-3,
+        "train_sampling_strategy": "sequential",
+        "seed": 3,
+        **(extra or {}),
+    }
 
 
 def _recipe(tmp_path: Path, model_dir, **top) -> Path:
     recipe = {
         "run_dir": str(tmp_path / "run"),
-        "sft": {"model_name_or_path": str(model_dir), "dataset_mixer": {"zephyr:demo_sft": 1.0},
-                "dataset_splits": ["train"], **_training()},
-        "dpo": {"dataset_mixer": {"zephyr:demo_prefs": 1.0}, "dataset_splits": ["train"],
-                "max_train_samples": 8, "precompute_ref_log_probs": True,
-                "ref_cache_dir": str(tmp_path / "refcache"), **_training()},
+        "sft": {
+            "model_name_or_path": str(model_dir),
+            "dataset_mixer": {"zephyr:demo_sft": 1.0},
+            "dataset_splits": ["train"],
+            **_training(),
+        },
+        "dpo": {
+            "dataset_mixer": {"zephyr:demo_prefs": 1.0},
+            "dataset_splits": ["train"],
+            "max_train_samples": 8,
+            "precompute_ref_log_probs": True,
+            "ref_cache_dir": str(tmp_path / "refcache"),
+            **_training(),
+        },
         **top,
-    }  # fmt: skip
+    }
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -86,7 +102,9 @@ def test_dry_run_loads_no_model_and_catches_bad_keys(tmp_path, tiny_model_dir, m
     with pytest.raises(ConfigError, match="did you mean `sft`"):
         run_pipeline(path, dry_run=True, overrides={"stf": {}})
     with pytest.raises(ConfigError, match="not found"):
-        run_pipeline(path, dry_run=True, overrides={"sft.dataset_mixer": {str(tmp_path / "missing.jsonl"): 1.0}})
+        run_pipeline(
+            path, dry_run=True, overrides={"sft.dataset_mixer": {str(tmp_path / "missing.jsonl"): 1.0}}
+        )
 
 
 def test_missing_upstream_is_a_clear_error(tmp_path):
@@ -138,17 +156,27 @@ def test_two_processes_match_one_for_dpo(tmp_path, tiny_model_dir):
         base = tmp_path / f"p{processes}"
         base.mkdir()
         recipe = {
-            "run_dir": str(base / "run"), "processes": processes,
-            "dpo": {"model_name_or_path": str(tiny_model_dir), "dataset_mixer": {"zephyr:demo_prefs": 1.0},
-                    "dataset_splits": ["train"], "max_train_samples": 8, "precompute_ref_log_probs": True,
-                    "ref_cache_dir": str(base / "cache"), "dataloader_drop_last": True,
-                    **_training({"per_device_train_batch_size": per_device, "max_steps": 3})},
-        }  # fmt: skip
+            "run_dir": str(base / "run"),
+            "processes": processes,
+            "dpo": {
+                "model_name_or_path": str(tiny_model_dir),
+                "dataset_mixer": {"zephyr:demo_prefs": 1.0},
+                "dataset_splits": ["train"],
+                "max_train_samples": 8,
+                "precompute_ref_log_probs": True,
+                "ref_cache_dir": str(base / "cache"),
+                "dataloader_drop_last": True,
+                **_training({"per_device_train_batch_size": per_device, "max_steps": 3}),
+            },
+        }
         path = base / "pipeline.yaml"
         path.write_text(yaml.safe_dump(recipe))
         run_pipeline(path)
         out = base / "run" / "dpo" / "model"
-        results[processes] = (json.loads((out / "all_results.json").read_text()), load_file(out / "model.safetensors"))
+        results[processes] = (
+            json.loads((out / "all_results.json").read_text()),
+            load_file(out / "model.safetensors"),
+        )
     (m1, w1), (m2, w2) = results[1], results[2]
     # Only float summation order differs (gradients all-reduced over gloo). Trainer's `train_loss` is rank 0's
     # own average, so compare the metrics gathered over all processes.
@@ -160,10 +188,16 @@ def test_two_processes_match_one_for_dpo(tmp_path, tiny_model_dir):
 
 def test_report_stage_plots_the_training_runs(tmp_path, tiny_model_dir):
     """Training stages that save no checkpoint still leave their log history for the report."""
-    summary = run_pipeline(_recipe(tmp_path, tiny_model_dir, report={}),
-                           overrides={"sft.logging_steps": 1, "dpo.logging_steps": 1})
+    summary = run_pipeline(
+        _recipe(tmp_path, tiny_model_dir, report={}),
+        overrides={"sft.logging_steps": 1, "dpo.logging_steps": 1},
+    )
     assert summary["report"]["state"].startswith("ran")
     page = (tmp_path / "run" / "report" / "index.html").read_text()
-    for chart in ("chart-training-loss", "chart-training-rewards-margins", "chart-training-rewards-accuracies"):
+    for chart in (
+        "chart-training-loss",
+        "chart-training-rewards-margins",
+        "chart-training-rewards-accuracies",
+    ):
         assert f'id="{chart}"' in page
     assert (tmp_path / "run" / "report" / "training_loss.png").is_file()

@@ -14,8 +14,13 @@ from zephyr.evaluate import mt_bench as mtb
 from zephyr.evaluate import stages
 from zephyr.report import report
 
-CHARTS = ("chart-training-loss", "chart-training-rewards-margins", "chart-training-rewards-accuracies",
-          "chart-mt-bench-radar", "chart-alpaca-win-rates")  # fmt: skip
+CHARTS = (
+    "chart-training-loss",
+    "chart-training-rewards-margins",
+    "chart-training-rewards-accuracies",
+    "chart-mt-bench-radar",
+    "chart-alpaca-win-rates",
+)
 
 
 def write_json(path: Path, obj) -> None:
@@ -29,15 +34,23 @@ def write_jsonl(path: Path, rows) -> None:
 
 
 def sft_history() -> list[dict]:
-    return [{"step": s, "epoch": s / 10, "loss": 2.0 - 0.1 * s, "learning_rate": 1e-5} for s in range(1, 11)] + [
-        {"step": 10, "eval_loss": 1.2}, {"step": 10, "train_runtime": 12.0, "train_loss": 1.5}]
+    return [
+        {"step": s, "epoch": s / 10, "loss": 2.0 - 0.1 * s, "learning_rate": 1e-5} for s in range(1, 11)
+    ] + [{"step": 10, "eval_loss": 1.2}, {"step": 10, "train_runtime": 12.0, "train_loss": 1.5}]
 
 
 def dpo_history() -> list[dict]:
     rows = []
     for s in range(2, 13, 2):
-        rows.append({"step": s, "loss": 0.69 - 0.02 * s, "rewards/margins": 0.05 * s,
-                     "rewards/accuracies": min(1.0, 0.5 + 0.04 * s), "rewards/chosen": 0.01 * s})
+        rows.append(
+            {
+                "step": s,
+                "loss": 0.69 - 0.02 * s,
+                "rewards/margins": 0.05 * s,
+                "rewards/accuracies": min(1.0, 0.5 + 0.04 * s),
+                "rewards/chosen": 0.01 * s,
+            }
+        )
     rows.append({"step": 12, "eval_loss": 0.5, "eval_rewards/margins": 0.4, "eval_rewards/accuracies": 0.75})
     return rows
 
@@ -56,23 +69,52 @@ def run_dir(tmp_path) -> Path:
     write_jsonl(bench / "question.jsonl", [q.as_dict() for q in questions])
     judgments = []
     for m, base in (("dpo", 7.0), ("sft", 5.0)):
-        write_jsonl(bench / "model_answer" / f"{m}.jsonl",
-                    [mtb.answer_record(q.question_id, m, [[f"{m} <answer> one & two", "second"]]) for q in questions])
+        write_jsonl(
+            bench / "model_answer" / f"{m}.jsonl",
+            [mtb.answer_record(q.question_id, m, [[f"{m} <answer> one & two", "second"]]) for q in questions],
+        )
         for i, q in enumerate(questions):
             for turn in (1, 2):
                 score = -1 if (m, q.question_id, turn) == ("sft", 3, 2) else base + (i % 3) - turn + 1
-                judgments.append({"question_id": q.question_id, "model": m, "judge": ["judge", "zephyr-single"],
-                                  "user_prompt": "", "judgment": "", "score": score, "turn": turn, "tstamp": 0})
+                judgments.append(
+                    {
+                        "question_id": q.question_id,
+                        "model": m,
+                        "judge": ["judge", "zephyr-single"],
+                        "user_prompt": "",
+                        "judgment": "",
+                        "score": score,
+                        "turn": turn,
+                        "tstamp": 0,
+                    }
+                )
     write_jsonl(bench / "model_judgment" / "judge_single.jsonl", judgments)
 
     refs = json.loads(stages.BUILTIN_REFERENCE_OUTPUTS.read_text())
     alpaca = run / "eval" / "alpaca_eval" / "dpo"
-    write_json(alpaca / "model_outputs.json",
-               [{"instruction": r["instruction"], "output": "dpo says hi", "generator": "dpo", "dataset": "d"} for r in refs])
-    write_json(alpaca / "judge_zephyr-pair" / "annotations.json", [
-        {"instruction": r["instruction"], "output_1": r["output"], "generator_1": r["generator"], "output_2": "dpo says hi",
-         "generator_2": "dpo", "annotator": "judge", "preference": 2.0 if i % 3 else 1.0, "dataset": "d"}
-        for i, r in enumerate(refs)])
+    write_json(
+        alpaca / "model_outputs.json",
+        [
+            {"instruction": r["instruction"], "output": "dpo says hi", "generator": "dpo", "dataset": "d"}
+            for r in refs
+        ],
+    )
+    write_json(
+        alpaca / "judge_zephyr-pair" / "annotations.json",
+        [
+            {
+                "instruction": r["instruction"],
+                "output_1": r["output"],
+                "generator_1": r["generator"],
+                "output_2": "dpo says hi",
+                "generator_2": "dpo",
+                "annotator": "judge",
+                "preference": 2.0 if i % 3 else 1.0,
+                "dataset": "d",
+            }
+            for i, r in enumerate(refs)
+        ],
+    )
     return run
 
 
@@ -84,8 +126,13 @@ def test_report_writes_a_page_with_every_chart(run_dir):
         assert f'id="{chart}"' in text
     from matplotlib.image import imread
 
-    for png in ("training_loss", "training_rewards_margins", "training_rewards_accuracies", "mt_bench_radar",
-                "alpaca_win_rates"):
+    for png in (
+        "training_loss",
+        "training_rewards_margins",
+        "training_rewards_accuracies",
+        "mt_bench_radar",
+        "alpaca_win_rates",
+    ):
         image = imread(run_dir / "report" / f"{png}.png")
         assert image.shape[0] > 200 and image.shape[1] > 300
         assert image[..., :3].std() > 0.01  # not a blank canvas
@@ -98,7 +145,9 @@ def test_report_scores_match_the_evaluation(run_dir):
     from zephyr.report import mt_bench_results
 
     singles, _ = mt_bench_results(run_dir, [])
-    expected = stages.score_judgments(str(run_dir / "eval/mt_bench/model_judgment/judge_single.jsonl"), None, None)
+    expected = stages.score_judgments(
+        str(run_dir / "eval/mt_bench/model_judgment/judge_single.jsonl"), None, None
+    )
     assert singles[0].summary == expected["models"]
     assert singles[0].summary["sft"]["invalid"] == [{"question_id": 3, "turn": 2}]
 
@@ -115,8 +164,19 @@ def test_report_of_an_empty_run_says_what_is_missing(tmp_path, capsys):
 
 def test_more_models_can_be_compared(run_dir, tmp_path):
     other = tmp_path / "other_single.jsonl"
-    write_jsonl(other, [{"question_id": q.question_id, "model": "published", "judge": ["gpt-4", "single-v1"],
-                         "score": 9, "turn": 1} for q in mtb.load_questions(stages.BUILTIN_QUESTIONS)])
+    write_jsonl(
+        other,
+        [
+            {
+                "question_id": q.question_id,
+                "model": "published",
+                "judge": ["gpt-4", "single-v1"],
+                "score": 9,
+                "turn": 1,
+            }
+            for q in mtb.load_questions(stages.BUILTIN_QUESTIONS)
+        ],
+    )
     page = report(run_dir, mt_bench=[str(other)], output=tmp_path / "out")
     assert "published" in page.read_text()
 
@@ -129,7 +189,9 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 @pytest.fixture
 def browser(tmp_path, monkeypatch):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (pip install selenium)")
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="the browser test needs selenium (pip install selenium)"
+    )
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("headless Chromium not found: apt-get install -y chromium chromium-driver")
     from selenium.webdriver.chrome.service import Service
@@ -137,11 +199,20 @@ def browser(tmp_path, monkeypatch):
     monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium Manager look for drivers online
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--no-first-run", "--disable-extensions",
-                 f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER, log_output=os.devnull), options=options)
+    driver = webdriver.Chrome(
+        service=Service(executable_path=CHROMEDRIVER, log_output=os.devnull), options=options
+    )
     driver.set_page_load_timeout(30)
     try:
         yield driver

@@ -16,7 +16,9 @@ import urllib.request
 import pytest
 import torch
 
-openai = pytest.importorskip("openai", reason="the server tests drive the server with the official openai client")
+openai = pytest.importorskip(
+    "openai", reason="the server tests drive the server with the official openai client"
+)
 
 from zephyr.serve.engine import Engine, InvalidRequest, SamplingParams  # noqa: E402
 
@@ -25,8 +27,15 @@ from zephyr.serve.engine import Engine, InvalidRequest, SamplingParams  # noqa: 
 SEEDED = SamplingParams(max_tokens=12, temperature=1.0, seed=11)
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello there"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour, and a long " * 5}],
-    [{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Because."}, {"role": "user", "content": "Ok"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a colour, and a long " * 5},
+    ],
+    [
+        {"role": "user", "content": "Why?"},
+        {"role": "assistant", "content": "Because."},
+        {"role": "user", "content": "Ok"},
+    ],
 ]
 
 
@@ -83,7 +92,10 @@ def test_request_joining_a_running_batch_gets_the_same_tokens(engine):
     time.sleep(0.05)  # let the first row decode a few steps, so the newcomer's cache is merged mid-flight
     second = engine.submit(engine.encode_chat(CONVERSATIONS[1]), SEEDED)
     assert second.result().choices[0].token_ids == expected
-    assert first.result().choices[0].token_ids == engine.generate([CONVERSATIONS[0]], long)[0].choices[0].token_ids
+    assert (
+        first.result().choices[0].token_ids
+        == engine.generate([CONVERSATIONS[0]], long)[0].choices[0].token_ids
+    )
 
 
 def test_concurrent_requests_share_forward_passes(engine):
@@ -116,15 +128,23 @@ def test_sampling_params_seed_n_and_stop(engine):
     assert len({tuple(c.token_ids) for c in a.choices}) > 1  # each choice has its own seed
     assert a.completion_tokens == sum(len(c.token_ids) for c in a.choices)
 
-    text = engine.submit(prompt, SamplingParams(max_tokens=20, temperature=1, seed=2)).result().choices[0].text
+    text = (
+        engine.submit(prompt, SamplingParams(max_tokens=20, temperature=1, seed=2)).result().choices[0].text
+    )
     stop = text[len(text) // 2 : len(text) // 2 + 3]
-    cut = engine.submit(prompt, SamplingParams(max_tokens=20, temperature=1, seed=2, stop=[stop])).result().choices[0]
+    cut = (
+        engine.submit(prompt, SamplingParams(max_tokens=20, temperature=1, seed=2, stop=[stop]))
+        .result()
+        .choices[0]
+    )
     assert cut.finish_reason == "stop" and cut.text == text[: text.index(stop)]
 
 
 def test_streaming_pieces_add_up_and_stop_strings_never_leak(engine):
     prompt = engine.encode_chat(CONVERSATIONS[2])
-    full = engine.submit(prompt, SamplingParams(max_tokens=24, temperature=1, seed=5)).result().choices[0].text
+    full = (
+        engine.submit(prompt, SamplingParams(max_tokens=24, temperature=1, seed=5)).result().choices[0].text
+    )
     stop = full[-6:-2]
     deltas = list(engine.submit(prompt, SamplingParams(max_tokens=24, temperature=1, seed=5, stop=[stop])))
     assert "".join(d.text for d in deltas) == full[: full.index(stop)]
@@ -132,7 +152,9 @@ def test_streaming_pieces_add_up_and_stop_strings_never_leak(engine):
 
 
 def test_cancelled_stream_frees_its_row(engine):
-    handle = engine.submit(engine.encode_chat(CONVERSATIONS[0]), SamplingParams(max_tokens=1500, temperature=0))
+    handle = engine.submit(
+        engine.encode_chat(CONVERSATIONS[0]), SamplingParams(max_tokens=1500, temperature=0)
+    )
     for i, _ in enumerate(handle):
         if i == 2:
             break
@@ -159,8 +181,9 @@ def test_models_and_health(client, server):
 
 
 def test_chat_completion_matches_the_engine(client, engine):
-    reply = client.chat.completions.create(model="tiny", messages=CONVERSATIONS[1], max_tokens=12, temperature=1.0,
-                                           seed=11)
+    reply = client.chat.completions.create(
+        model="tiny", messages=CONVERSATIONS[1], max_tokens=12, temperature=1.0, seed=11
+    )
     expected = engine.generate([CONVERSATIONS[1]], SEEDED)[0]
     assert reply.object == "chat.completion" and reply.model == "tiny"
     assert reply.choices[0].message.role == "assistant"
@@ -257,9 +280,17 @@ def test_malformed_json_and_unknown_routes(server):
 
 def test_client_disconnect_mid_stream_frees_the_slot(server, engine):
     # Greedy: the tiny model then repeats one token and never ends early by sampling EOS.
-    body = {"model": "tiny", "messages": CONVERSATIONS[0], "max_tokens": 1500, "stream": True, "temperature": 0}
+    body = {
+        "model": "tiny",
+        "messages": CONVERSATIONS[0],
+        "max_tokens": 1500,
+        "stream": True,
+        "temperature": 0,
+    }
     conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
-    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"}
+    )
     response = conn.getresponse()
     assert response.status == 200
     response.fp.readline()  # the first event has arrived, so the request holds a row
@@ -275,7 +306,9 @@ def test_api_key_guards_the_api_but_not_the_page(engine):
     with ServerThread(create_app(engine, "tiny", api_key="s3cret")) as s:
         for key in ("wrong", None):
             headers = {"Authorization": f"Bearer {key}"} if key else {}
-            status, payload = raw_post(s, "/v1/chat/completions", json.dumps({"messages": []}).encode(), headers)
+            status, payload = raw_post(
+                s, "/v1/chat/completions", json.dumps({"messages": []}).encode(), headers
+            )
             assert status == 401 and payload["error"]["code"] == "invalid_api_key"
         bad = openai.OpenAI(base_url=s.url + "/v1", api_key="wrong", max_retries=0, timeout=30)
         with pytest.raises(openai.AuthenticationError):
@@ -295,7 +328,17 @@ def test_terminal_chat_streams_resets_and_saves(engine, tmp_path):
 
     out = io.StringIO()
     too_long = "word " * 3000
-    lines = iter(["Hello", "/system Be brief.", "Hi again", "And more", too_long, f"/save {tmp_path / 'c.json'}", "/exit"])
+    lines = iter(
+        [
+            "Hello",
+            "/system Be brief.",
+            "Hi again",
+            "And more",
+            too_long,
+            f"/save {tmp_path / 'c.json'}",
+            "/exit",
+        ]
+    )
     session = ChatSession(engine, SamplingParams(max_tokens=6, temperature=0), model_name="tiny", out=out)
     chat_loop(session, read=lambda prompt: next(lines))
     saved = json.loads((tmp_path / "c.json").read_text())
@@ -310,7 +353,9 @@ def test_chat_command_reads_stdin(tiny_model_dir, tmp_path, monkeypatch, capsys)
 
     path = tmp_path / "conv.json"
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"Hello\n/save {path}\n"))
-    assert main(["chat", str(tiny_model_dir), "--max-tokens", "4", "--seed", "1", "--system", "Be kind."]) == 0
+    assert (
+        main(["chat", str(tiny_model_dir), "--max-tokens", "4", "--seed", "1", "--system", "Be kind."]) == 0
+    )
     messages = json.loads(path.read_text())["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant"]
     assert "assistant> " in capsys.readouterr().out
@@ -356,11 +401,14 @@ def test_chat_logprobs_are_the_models_own(client, engine):
     from zephyr.chat import encode_prompt
 
     kwargs = dict(max_tokens=6, temperature=1.0, seed=3)
-    reply = client.chat.completions.create(model="tiny", messages=CONVERSATIONS[0], logprobs=True, top_logprobs=3,
-                                           **kwargs)  # fmt: skip
+    reply = client.chat.completions.create(
+        model="tiny", messages=CONVERSATIONS[0], logprobs=True, top_logprobs=3, **kwargs
+    )
     expected = engine.generate([CONVERSATIONS[0]], SamplingParams(top_logprobs=3, **kwargs))[0].choices[0]
     content = reply.choices[0].logprobs.content
-    assert len(content) == len(expected.token_ids) == len(expected.logprobs) > 0  # one per token, EOS excluded
+    assert (
+        len(content) == len(expected.token_ids) == len(expected.logprobs) > 0
+    )  # one per token, EOS excluded
     for entry, mine in zip(content, expected.logprobs, strict=True):
         assert entry.logprob == pytest.approx(mine.logprob, abs=1e-5) and entry.logprob <= 0
         assert len(entry.top_logprobs) == 3
@@ -373,9 +421,12 @@ def test_chat_logprobs_are_the_models_own(client, engine):
     with torch.no_grad():
         logits = engine.model(ids).logits[0, -1, : len(engine.tokenizer)]
     first = expected.logprobs[0]
-    assert first.logprob == pytest.approx(torch.log_softmax(logits.float(), -1)[first.token_id].item(), abs=1e-4)
-    greedy = client.chat.completions.create(model="tiny", messages=CONVERSATIONS[0], max_tokens=3, temperature=0,
-                                            logprobs=True)  # fmt: skip
+    assert first.logprob == pytest.approx(
+        torch.log_softmax(logits.float(), -1)[first.token_id].item(), abs=1e-4
+    )
+    greedy = client.chat.completions.create(
+        model="tiny", messages=CONVERSATIONS[0], max_tokens=3, temperature=0, logprobs=True
+    )
     assert all(e.top_logprobs == [] for e in greedy.choices[0].logprobs.content)
     plain = client.chat.completions.create(model="tiny", messages=CONVERSATIONS[0], max_tokens=3)
     assert plain.choices[0].logprobs is None
@@ -389,5 +440,7 @@ def test_bad_logprobs_requests_are_refused(server, change):
     body = {"model": "tiny", "messages": CONVERSATIONS[0], "max_tokens": 2} | change
     status, payload = raw_post(server, "/v1/chat/completions", json.dumps(body).encode())
     assert status == 400 and "logprobs" in payload["error"]["message"]
-    status, payload = raw_post(server, "/v1/completions", json.dumps({"prompt": "hi", "logprobs": 2}).encode())
+    status, payload = raw_post(
+        server, "/v1/completions", json.dumps({"prompt": "hi", "logprobs": 2}).encode()
+    )
     assert status == 400 and "chat/completions" in payload["error"]["message"]

@@ -18,7 +18,10 @@ from zephyr.train.collate import PackedCollator, PaddedCollator, pack_best_fit
 from zephyr.train.losses import sft_loss_sum
 
 CONVERSATIONS = [
-    [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "Seven is prime."}],
+    [
+        {"role": "user", "content": "Name a prime number."},
+        {"role": "assistant", "content": "Seven is prime."},
+    ],
     [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Capital of France?"},
@@ -26,7 +29,10 @@ CONVERSATIONS = [
         {"role": "user", "content": "And of Italy, please, with a short explanation?"},
         {"role": "assistant", "content": "Rome, which has been the capital since 1871."},
     ],
-    [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi there! How can I help you today?"}],
+    [
+        {"role": "user", "content": "Say hi"},
+        {"role": "assistant", "content": "Hi there! How can I help you today?"},
+    ],
     [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
 ]
 
@@ -145,8 +151,12 @@ def test_loss_matches_trl_sft_trainer(tokenizer, tmp_path):
 
     model = make_tiny_model()
     examples = _examples(tokenizer)
-    dataset = Dataset.from_list([{"input_ids": e["input_ids"], "assistant_masks": e["assistant_mask"]} for e in examples])
-    config = trl.SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[], use_cpu=True)
+    dataset = Dataset.from_list(
+        [{"input_ids": e["input_ids"], "assistant_masks": e["assistant_mask"]} for e in examples]
+    )
+    config = trl.SFTConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[], use_cpu=True
+    )
     trainer = trl.SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(examples))])
     with torch.no_grad():
@@ -186,7 +196,11 @@ def _sft_args(model_dir, data, out, *extra):
 
 
 def _log_history(out) -> list[dict]:
-    state = json.loads((Path(out) / "trainer_state.json").read_text()) if (Path(out) / "trainer_state.json").exists() else None
+    state = (
+        json.loads((Path(out) / "trainer_state.json").read_text())
+        if (Path(out) / "trainer_state.json").exists()
+        else None
+    )
     if state is None:
         ckpts = sorted(Path(out).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
@@ -203,7 +217,9 @@ def test_cli_sft_learns_and_saves_loadable_model(tiny_model_dir, tmp_path):
     assert main(_sft_args(tiny_model_dir, data, out, "--num_train_epochs=2", "--save_strategy=no")) == 0
     metrics = json.loads((out / "all_results.json").read_text())
     # The log history is kept beside the model even without checkpoints: `zephyr report` plots it.
-    history = [h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+    history = [
+        h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h
+    ]
     assert metrics["train_loss"] < 10.8  # ln(49152) = 10.80 is the loss of a uniform guess
     assert history[-1] < history[0] - 1.0
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -221,7 +237,12 @@ def test_resume_from_checkpoint_gives_identical_training(tiny_model_dir, tmp_pat
     common = ("--max_steps=6", "--save_strategy=steps", "--save_steps=3")
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(_sft_args(tiny_model_dir, data, full, *common)) == 0
-    assert main(_sft_args(tiny_model_dir, data, part, "--max_steps=6", "--save_strategy=steps", "--save_steps=3")) == 0
+    assert (
+        main(
+            _sft_args(tiny_model_dir, data, part, "--max_steps=6", "--save_strategy=steps", "--save_steps=3")
+        )
+        == 0
+    )
     # Interrupted run: drop the final checkpoint and the finished model, then resume from step 3.
     import shutil
 
@@ -259,7 +280,12 @@ def test_two_process_ddp_matches_single_process(tiny_model_dir, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(DDP_SCRIPT)
     # Sequential order: rank r of 2 takes rows r, r+2, ... so each step sees the same 4 rows as one process.
-    common = ("--max_steps=3", "--save_strategy=no", "--dataloader_drop_last=true", "--train_sampling_strategy=sequential")
+    common = (
+        "--max_steps=3",
+        "--save_strategy=no",
+        "--dataloader_drop_last=true",
+        "--train_sampling_strategy=sequential",
+    )
     single = _sft_args(tiny_model_dir, data, tmp_path / "single", *common)
     double = _sft_args(tiny_model_dir, data, tmp_path / "ddp", *common)
     double[double.index("--per_device_train_batch_size=4")] = "--per_device_train_batch_size=2"
@@ -285,12 +311,14 @@ def test_embedded_model_sft_then_generate(tmp_path):
 
     data = _write_conversations(tmp_path / "conv.jsonl", n=8)
     out = tmp_path / "smol"
-    args = _sft_args("smollm2-135m-instruct", data, out, "--max_steps=2", "--save_strategy=no", "--learning_rate=1e-5")
+    args = _sft_args(
+        "smollm2-135m-instruct", data, out, "--max_steps=2", "--save_strategy=no", "--learning_rate=1e-5"
+    )
     assert main(args) == 0
     tokenizer = load_tokenizer(str(out))
     model = load_model(str(out)).eval()
     ids = torch.tensor([encode_prompt(tokenizer, [{"role": "user", "content": "What is 3 plus 3?"}])])
     with torch.no_grad():
         gen = model.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    reply = tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
+    reply = tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
     assert len(reply.strip()) > 0

@@ -158,12 +158,16 @@ def assistant_spans(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tupl
             )
         start, end = len(head), len(upto.rstrip())
         if message["content"] and upto.find(message["content"], start) < 0:
-            raise ConfigError("The chat template rewrites assistant content; assistant tokens cannot be located")
+            raise ConfigError(
+                "The chat template rewrites assistant content; assistant tokens cannot be located"
+            )
         spans.append((start, max(start, end)))
     return text, spans
 
 
-def tokenize_conversation(tokenizer, messages: Sequence[dict], train_on: str = "assistant") -> TokenizedConversation:
+def tokenize_conversation(
+    tokenizer, messages: Sequence[dict], train_on: str = "assistant"
+) -> TokenizedConversation:
     """Tokenize a conversation and mark which tokens are trained.
 
     ``train_on="assistant"`` trains assistant replies only (the Zephyr recipe); ``"all"`` trains every

@@ -55,12 +55,16 @@ class ModelArguments:
     )
     model_revision: str = _help("Hub revision (branch, tag or commit).", default="main")
     tokenizer_name_or_path: str | None = _help("Tokenizer spec if it differs from the model's.", default=None)
-    torch_dtype: str = _help("Weights dtype: auto, float32/fp32, bfloat16/bf16 or float16/fp16.", default="auto")
+    torch_dtype: str = _help(
+        "Weights dtype: auto, float32/fp32, bfloat16/bf16 or float16/fp16.", default="auto"
+    )
     attn_implementation: str | None = _help(
         "Attention kernel: eager, sdpa, flex_attention or flash_attention_2. Default: transformers' choice.",
         default=None,
     )
-    use_flash_attention_2: bool = _help("Old handbook key: same as attn_implementation=flash_attention_2.", default=False)
+    use_flash_attention_2: bool = _help(
+        "Old handbook key: same as attn_implementation=flash_attention_2.", default=False
+    )
     trust_remote_code: bool = _help("Allow custom modelling code from the hub.", default=False)
     use_peft: bool = _help("Train LoRA adapters instead of all weights.", default=False)
     lora_r: int = _help("LoRA rank.", default=16)
@@ -69,7 +73,9 @@ class ModelArguments:
     lora_target_modules: list[str] | None = _help(
         "Module names to adapt; default: every linear layer except the LM head.", default=None
     )
-    lora_modules_to_save: list[str] | None = _help("Modules trained in full beside the adapters.", default=None)
+    lora_modules_to_save: list[str] | None = _help(
+        "Modules trained in full beside the adapters.", default=None
+    )
     load_in_4bit: bool = _help("Load weights in 4 bit (QLoRA; needs bitsandbytes and a GPU).", default=False)
     load_in_8bit: bool = _help("Load weights in 8 bit (needs bitsandbytes and a GPU).", default=False)
     bnb_4bit_quant_type: str = _help("4-bit quantization type: nf4 or fp4.", default="nf4")
@@ -79,7 +85,9 @@ class ModelArguments:
         if self.use_flash_attention_2 and not self.attn_implementation:
             self.attn_implementation = "flash_attention_2"
         if self.lora_r <= 0 or self.lora_alpha <= 0:
-            raise ConfigError(f"`lora_r` and `lora_alpha` must be positive; got {self.lora_r} and {self.lora_alpha}")
+            raise ConfigError(
+                f"`lora_r` and `lora_alpha` must be positive; got {self.lora_r} and {self.lora_alpha}"
+            )
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"`lora_dropout` must be in [0, 1); got {self.lora_dropout}")
         if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
@@ -124,13 +132,20 @@ class DataArguments:
     )
     dataset_num_proc: int | None = _help("Worker processes for tokenization.", default=None)
     auto_insert_empty_system_msg: bool = _help(
-        "Prepend an empty system message to every conversation (the original handbook behaviour).", default=False
+        "Prepend an empty system message to every conversation (the original handbook behaviour).",
+        default=False,
     )
-    train_on: str = _help("Which tokens carry loss: `assistant` (replies and their EOS) or `all`.", default="assistant")
-    on_error: str = _help("A malformed row: `raise` stops with a clear error, `skip` skips and counts it.", default="raise")
+    train_on: str = _help(
+        "Which tokens carry loss: `assistant` (replies and their EOS) or `all`.", default="assistant"
+    )
+    on_error: str = _help(
+        "A malformed row: `raise` stops with a clear error, `skip` skips and counts it.", default="raise"
+    )
     max_train_samples: int | None = _help("Keep only the first N training rows (smoke runs).", default=None)
     max_eval_samples: int | None = _help("Keep only the first N evaluation rows.", default=None)
-    truncation_side: str | None = _help("Old handbook key; conversations are always cut from the right.", default=None)
+    truncation_side: str | None = _help(
+        "Old handbook key; conversations are always cut from the right.", default=None
+    )
 
     def __post_init__(self):
         if self.train_on not in ("assistant", "all"):
@@ -138,7 +153,9 @@ class DataArguments:
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"`on_error` must be `raise` or `skip`; got {self.on_error!r}")
         if self.dataset_mixer is not None and self.dataset_mixture is not None:
-            raise ConfigError("Set either `dataset_mixer` (old handbook form) or `dataset_mixture` (new form), not both")
+            raise ConfigError(
+                "Set either `dataset_mixer` (old handbook form) or `dataset_mixture` (new form), not both"
+            )
         for name, frac in (self.dataset_mixer or {}).items():
             if not isinstance(frac, (int, float)) or frac < 0:
                 raise ConfigError(f"`dataset_mixer.{name}` must be a non-negative fraction; got {frac!r}")
@@ -232,7 +249,9 @@ def read_recipe(path: str | Path | None) -> dict[str, Any]:
     return data
 
 
-def parse_config(classes: Sequence[type], recipe: str | Path | None = None, overrides: Sequence[str] | dict = ()):
+def parse_config(
+    classes: Sequence[type], recipe: str | Path | None = None, overrides: Sequence[str] | dict = ()
+):
     """Build one instance of each dataclass from a recipe file and overrides (overrides win).
 
     Every key must belong to exactly one of ``classes`` (after aliasing); an unknown key raises a
@@ -295,11 +314,17 @@ def help_text(classes: Sequence[type]) -> str:
         for f in dataclasses.fields(cls):
             if not f.init:
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else (
-                "[]" if f.default_factory is not dataclasses.MISSING else "required"
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else ("[]" if f.default_factory is not dataclasses.MISSING else "required")
             )
             doc = f.metadata.get("help", "")
-            lines.append(f"  --{f.name}  (default: {default})\n      {doc}" if doc else f"  --{f.name}  (default: {default})")
+            lines.append(
+                f"  --{f.name}  (default: {default})\n      {doc}"
+                if doc
+                else f"  --{f.name}  (default: {default})"
+            )
     return "\n".join(lines)
 
 
@@ -313,7 +338,9 @@ def _training_arguments():
 class SFTConfig(_training_arguments()):
     """transformers.TrainingArguments plus the distilled-SFT settings."""
 
-    max_length: int = _help("Longest conversation in tokens; longer ones are cut from the right.", default=2048)
+    max_length: int = _help(
+        "Longest conversation in tokens; longer ones are cut from the right.", default=2048
+    )
     packing: bool = _help(
         "Pack several conversations into rows of up to `max_length` tokens (best-fit decreasing) before "
         "batching. Attention never crosses conversations either way.",
@@ -324,7 +351,9 @@ class SFTConfig(_training_arguments()):
         "Off: pad every conversation to the longest in the batch, as TRL does.",
         default=True,
     )
-    dataset_kwargs: dict[str, Any] | None = _help("Accepted for handbook compatibility; unused.", default=None)
+    dataset_kwargs: dict[str, Any] | None = _help(
+        "Accepted for handbook compatibility; unused.", default=None
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -341,12 +370,18 @@ DPO_LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
 class DPOConfig(_training_arguments()):
     """transformers.TrainingArguments plus the direct-preference-optimisation settings."""
 
-    beta: float = _help("DPO temperature: how far the policy may move from the reference (0.1 paper, 0.01 handbook).", default=0.1)
+    beta: float = _help(
+        "DPO temperature: how far the policy may move from the reference (0.1 paper, 0.01 handbook).",
+        default=0.1,
+    )
     loss_type: str = _help("One of sigmoid (DPO), robust, ipo, hinge.", default="sigmoid")
     label_smoothing: float = _help(
-        "Assumed label noise eps in [0, 0.5): conservative DPO for `sigmoid`, robust DPO for `robust`.", default=0.0
+        "Assumed label noise eps in [0, 0.5): conservative DPO for `sigmoid`, robust DPO for `robust`.",
+        default=0.0,
     )
-    max_length: int = _help("Longest prompt + completion in tokens; completions are cut from the right.", default=1024)
+    max_length: int = _help(
+        "Longest prompt + completion in tokens; completions are cut from the right.", default=1024
+    )
     max_prompt_length: int | None = _help(
         "Longest prompt in tokens; longer prompts are cut from the left (their start). None: no limit, and a "
         "prompt that leaves no room for a completion is a bad row.",
@@ -362,8 +397,12 @@ class DPOConfig(_training_arguments()):
         "weights, data and tokenization); the reference model is then not in memory while training.",
         default=False,
     )
-    ref_cache_dir: str | None = _help("Where precomputed reference log-probs are cached. Default: $ZEPHYR_CACHE/ref_logps.", default=None)
-    padding_free: bool = _help("Pack each batch into one row with no padding. Off: pad pairs as TRL does.", default=True)
+    ref_cache_dir: str | None = _help(
+        "Where precomputed reference log-probs are cached. Default: $ZEPHYR_CACHE/ref_logps.", default=None
+    )
+    padding_free: bool = _help(
+        "Pack each batch into one row with no padding. Off: pad pairs as TRL does.", default=True
+    )
     prefix_sharing: bool = _help(
         "Run each prompt once for its chosen and rejected completions (needs padding_free).", default=True
     )
@@ -374,7 +413,9 @@ class DPOConfig(_training_arguments()):
         if self.loss_type not in DPO_LOSS_TYPES:
             close = difflib.get_close_matches(self.loss_type, DPO_LOSS_TYPES, n=1)
             hint = f"; did you mean `{close[0]}`?" if close else ""
-            raise ConfigError(f"`loss_type` must be one of {', '.join(DPO_LOSS_TYPES)}; got {self.loss_type!r}{hint}")
+            raise ConfigError(
+                f"`loss_type` must be one of {', '.join(DPO_LOSS_TYPES)}; got {self.loss_type!r}{hint}"
+            )
         if self.beta <= 0:
             raise ConfigError(f"`beta` must be positive; got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:

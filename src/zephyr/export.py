@@ -20,8 +20,7 @@ from zephyr.errors import ConfigError, ModelError
 
 HELP = "Merge a LoRA adapter into its base model and save a plain checkpoint (optionally push it to the hub)."
 DESCRIPTION = (
-    HELP
-    + "\n\nExample: zephyr export runs/dpo --output runs/zephyr-merged"
+    HELP + "\n\nExample: zephyr export runs/dpo --output runs/zephyr-merged"
     "\n         zephyr export runs/dpo --base mistralai/Mistral-7B-v0.1 --output merged --push-to-hub me/zephyr"
 )
 
@@ -31,10 +30,16 @@ log = logging.getLogger(__name__)
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="LoRA adapter dir (or any model spec, saved as a plain checkpoint)")
     parser.add_argument("--output", "-o", required=True, help="Directory for the merged checkpoint")
-    parser.add_argument("--base", default=None,
-                        help="Base model spec (default: `base_model_name_or_path` in adapter_config.json)")
-    parser.add_argument("--chat-template", default=None,
-                        help="zephyr, chatml or Jinja source to store (default: the tokenizer's own, else zephyr)")
+    parser.add_argument(
+        "--base",
+        default=None,
+        help="Base model spec (default: `base_model_name_or_path` in adapter_config.json)",
+    )
+    parser.add_argument(
+        "--chat-template",
+        default=None,
+        help="zephyr, chatml or Jinja source to store (default: the tokenizer's own, else zephyr)",
+    )
     parser.add_argument("--dtype", default="auto", help="auto (keep the checkpoint's), fp32, bf16 or fp16")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing non-empty output dir")
     parser.add_argument("--push-to-hub", metavar="REPO", default=None, help="Also upload to this hub repo")
@@ -42,9 +47,16 @@ def add_arguments(parser) -> None:
 
 
 def run(args, extra) -> int:
-    out = export_model(args.model, args.output, base=args.base, chat_template=args.chat_template,
-                       dtype=args.dtype, overwrite=args.overwrite, push_to_hub=args.push_to_hub,
-                       private=args.private)
+    out = export_model(
+        args.model,
+        args.output,
+        base=args.base,
+        chat_template=args.chat_template,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        push_to_hub=args.push_to_hub,
+        private=args.private,
+    )
     print(f"Merged checkpoint saved to {out}")
     return 0
 
@@ -54,9 +66,17 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def export_model(model: str, output: str | os.PathLike, *, base: str | None = None,
-                 chat_template: str | None = None, dtype: str = "auto", overwrite: bool = False,
-                 push_to_hub: str | None = None, private: bool = False) -> Path:
+def export_model(
+    model: str,
+    output: str | os.PathLike,
+    *,
+    base: str | None = None,
+    chat_template: str | None = None,
+    dtype: str = "auto",
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+    private: bool = False,
+) -> Path:
     """Merge (when ``model`` is a LoRA adapter) and save a standalone checkpoint into ``output``."""
     from zephyr.models import fit_embeddings_to_tokenizer, load_tokenizer
 
@@ -138,11 +158,17 @@ def push_folder(folder: Path, repo: str, private: bool = False) -> None:
 
     later = f"The checkpoint is saved in {folder}; upload it later with: hf upload {repo} {folder}"
     if constants.HF_HUB_OFFLINE:
-        raise ModelError(f"Cannot push to the hub repo `{repo}`: offline mode is on (HF_HUB_OFFLINE). {later}")
+        raise ModelError(
+            f"Cannot push to the hub repo `{repo}`: offline mode is on (HF_HUB_OFFLINE). {later}"
+        )
     try:
         api = HfApi()
         api.create_repo(repo, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message="Upload model exported by zephyr")
+        api.upload_folder(
+            repo_id=repo, folder_path=str(folder), commit_message="Upload model exported by zephyr"
+        )
     except Exception as exc:  # noqa: BLE001 - network, auth and HTTP failures all end the same way
-        raise ModelError(f"Could not push to the hub repo `{repo}`: {type(exc).__name__}: {exc}. {later}") from exc
+        raise ModelError(
+            f"Could not push to the hub repo `{repo}`: {type(exc).__name__}: {exc}. {later}"
+        ) from exc
     log.info("Pushed %s to https://huggingface.co/%s", folder, repo)

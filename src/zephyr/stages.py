@@ -181,7 +181,9 @@ def wire_eval(section: dict, ctx: PipelineContext) -> dict:
     out = ctx.stage_dir("eval")
     for name in section:
         if name not in EVAL_BENCHMARKS:
-            raise ConfigError(f"Unknown eval benchmark `{name}`; expected some of {', '.join(EVAL_BENCHMARKS)}")
+            raise ConfigError(
+                f"Unknown eval benchmark `{name}`; expected some of {', '.join(EVAL_BENCHMARKS)}"
+            )
     for name, settings in section.items():
         settings = dict(settings or {})
         settings.setdefault("output_dir", str(out / name))
@@ -207,7 +209,9 @@ def _eval_settings(name: str, settings: dict):
     for key in settings:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
-            raise ConfigError(f"Unknown key `{key}` in eval.{name}" + (f"; did you mean `{close[0]}`?" if close else ""))
+            raise ConfigError(
+                f"Unknown key `{key}` in eval.{name}" + (f"; did you mean `{close[0]}`?" if close else "")
+            )
     try:
         return cls(**settings)
     except TypeError as exc:
@@ -224,7 +228,14 @@ def run_eval(settings: dict) -> None:
 def validate_eval(settings: dict, produced: list[str]) -> None:
     for name, section in settings.items():
         _eval_settings(name, section)
-        for key in ("questions", "reference_answers", "judge_prompts", "instructions", "reference_outputs", "data"):
+        for key in (
+            "questions",
+            "reference_answers",
+            "judge_prompts",
+            "instructions",
+            "reference_outputs",
+            "data",
+        ):
             _check_path(section.get(key), produced, f"eval.{name}.{key}")
         if section.get("model"):
             _check_backend(section["model"], produced)
@@ -258,26 +269,61 @@ RESUME_TRAINING = {"resume_from_checkpoint": True}
 
 STAGES: dict[str, StageSpec] = {
     "generate": StageSpec("generate", ["generate"], wire_generate, lambda d, s: {"completions": s["output"]}),
-    "feedback": StageSpec("feedback", ["feedback"], wire_feedback, lambda d, s: {"rated": s["output"]},
-                          reads=("generate",)),
-    "binarize": StageSpec("binarize", ["binarize"], wire_binarize, lambda d, s: {"data": s["output_dir"]},
-                          reads=("feedback",)),
-    "clean": StageSpec("clean", ["clean"], wire_clean, lambda d, s: {"data": s["output_dir"]}, reads=("binarize",)),
-    "sft": StageSpec("sft", ["sft"], wire_sft, _model_output, reads=("binarize", "clean"), trains=True,
-                     resume_keys=RESUME_TRAINING),
-    "dpo": StageSpec("dpo", ["dpo"], wire_dpo, _model_output, reads=("sft", "binarize"), trains=True,
-                     resume_keys=RESUME_TRAINING),
-    "eval": StageSpec("eval", [], wire_eval, lambda d, s: {"results": str(d)}, reads=("sft", "dpo", "binarize"),
-                      entry=run_eval),
-    "report": StageSpec("report", [], wire_report, lambda d, s: {"html": str(Path(s["output"]) / "index.html")},
-                        reads=("sft", "dpo", "eval"), entry=run_report),
-}  # fmt: skip
+    "feedback": StageSpec(
+        "feedback", ["feedback"], wire_feedback, lambda d, s: {"rated": s["output"]}, reads=("generate",)
+    ),
+    "binarize": StageSpec(
+        "binarize", ["binarize"], wire_binarize, lambda d, s: {"data": s["output_dir"]}, reads=("feedback",)
+    ),
+    "clean": StageSpec(
+        "clean", ["clean"], wire_clean, lambda d, s: {"data": s["output_dir"]}, reads=("binarize",)
+    ),
+    "sft": StageSpec(
+        "sft",
+        ["sft"],
+        wire_sft,
+        _model_output,
+        reads=("binarize", "clean"),
+        trains=True,
+        resume_keys=RESUME_TRAINING,
+    ),
+    "dpo": StageSpec(
+        "dpo",
+        ["dpo"],
+        wire_dpo,
+        _model_output,
+        reads=("sft", "binarize"),
+        trains=True,
+        resume_keys=RESUME_TRAINING,
+    ),
+    "eval": StageSpec(
+        "eval",
+        [],
+        wire_eval,
+        lambda d, s: {"results": str(d)},
+        reads=("sft", "dpo", "binarize"),
+        entry=run_eval,
+    ),
+    "report": StageSpec(
+        "report",
+        [],
+        wire_report,
+        lambda d, s: {"html": str(Path(s["output"]) / "index.html")},
+        reads=("sft", "dpo", "eval"),
+        entry=run_report,
+    ),
+}
 
 VALIDATORS = {
-    "generate": validate_generate, "feedback": validate_feedback, "binarize": validate_binarize,
-    "clean": validate_clean, "sft": validate_sft, "dpo": validate_dpo, "eval": validate_eval,
+    "generate": validate_generate,
+    "feedback": validate_feedback,
+    "binarize": validate_binarize,
+    "clean": validate_clean,
+    "sft": validate_sft,
+    "dpo": validate_dpo,
+    "eval": validate_eval,
     "report": validate_report,
-}  # fmt: skip
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,7 +94,9 @@ def load_rows(
     check_kind(kind)
     if on_error not in ON_ERROR:
         raise ConfigError(f"`on_error` must be `raise` or `skip`; got {on_error!r}")
-    if columns is not None and (not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)):
+    if columns is not None and (
+        not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
+    ):
         raise ConfigError(f"`columns` must be a list of column names; got {columns!r}")
     skips = _Skips(on_error)
     parts = [_normalise(part, kind, columns, skips) for part in read_source(spec, split=split, config=config)]
@@ -195,13 +197,18 @@ def _read_json(path: Path, split: str | None) -> _Records:
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # JSON Lines saved under a .json name
             return _Records(label, list(_jsonl_items(path)))
-        raise DataError(f"malformed JSON: {exc.msg} (column {exc.colno})", source=label, line=exc.lineno) from None
+        raise DataError(
+            f"malformed JSON: {exc.msg} (column {exc.colno})", source=label, line=exc.lineno
+        ) from None
     if isinstance(data, dict):
         tables = {k: v for k, v in data.items() if isinstance(v, list)}
         name = choose_split(list(tables), split, label)
         data, label = tables[name], f"{label} [{name}]"
     if not isinstance(data, list):
-        raise DataError(f"must hold a JSON array of rows, or an object of split name -> rows; got {type(data).__name__}", source=label)
+        raise DataError(
+            f"must hold a JSON array of rows, or an object of split name -> rows; got {type(data).__name__}",
+            source=label,
+        )
     return _Records(label, [({"source": label, "row": i}, row) for i, row in enumerate(data)])
 
 
@@ -235,7 +242,9 @@ def choose_split(names: list[str], split: str | None, label: str) -> str:
     if split is not None:
         if split in names:
             return split
-        raise ConfigError(f"{label} has no split `{split}`; its splits are: {', '.join(sorted(names)) or 'none'}")
+        raise ConfigError(
+            f"{label} has no split `{split}`; its splits are: {', '.join(sorted(names)) or 'none'}"
+        )
     if len(names) == 1:
         return names[0]
     if "train" in names:
@@ -271,7 +280,10 @@ def _normalise(part, kind: str, columns: list[str] | None, skips: _Skips) -> Dat
 def _normalise_records(part: _Records, kind: str, columns, skips: _Skips) -> Dataset:
     items = part.items
     if columns is not None:
-        items = [(loc, {k: raw[k] for k in columns if k in raw} if isinstance(raw, dict) else raw) for loc, raw in items]
+        items = [
+            (loc, {k: raw[k] for k in columns if k in raw} if isinstance(raw, dict) else raw)
+            for loc, raw in items
+        ]
     extras = extra_columns(kind, {k for _, raw in items if isinstance(raw, dict) for k in raw})
     rows = []
     progress = tqdm(items, desc=f"Checking {Path(part.label).name}", unit=" rows", disable=len(items) < 20000)
@@ -288,7 +300,9 @@ def _normalise_records(part: _Records, kind: str, columns, skips: _Skips) -> Dat
     try:  # straight to Arrow: several times faster than Dataset.from_list, which encodes row by row
         return Dataset(pa.Table.from_pylist(rows, schema=features.arrow_schema))
     except (pa.lib.ArrowException, TypeError, ValueError) as exc:
-        raise DataError(f"a column holds values of different types in different rows ({exc})", source=part.label) from None
+        raise DataError(
+            f"a column holds values of different types in different rows ({exc})", source=part.label
+        ) from None
 
 
 def _normalise_table(part: _Table, kind: str, columns, skips: _Skips) -> Dataset:
@@ -296,12 +310,19 @@ def _normalise_table(part: _Table, kind: str, columns, skips: _Skips) -> Dataset
     if columns is not None:
         missing = [c for c in columns if c not in ds.column_names]
         if missing:
-            raise DataError(f"has no column `{missing[0]}`; its columns are: {', '.join(ds.column_names)}", source=part.label)
+            raise DataError(
+                f"has no column `{missing[0]}`; its columns are: {', '.join(ds.column_names)}",
+                source=part.label,
+            )
         ds = ds.select_columns(columns)
     extras = extra_columns(kind, ds.column_names)
     features = Features({**FEATURES[kind], **{k: ds.features[k] for k in extras}})
-    fingerprint = hashlib.sha256(repr((ds._fingerprint, kind, extras, skips.on_error)).encode()).hexdigest()[:32]
-    check = partial(_normalise_batch, kind=kind, label=part.label, extras=extras, keys=tuple(features), skips=skips)
+    fingerprint = hashlib.sha256(repr((ds._fingerprint, kind, extras, skips.on_error)).encode()).hexdigest()[
+        :32
+    ]
+    check = partial(
+        _normalise_batch, kind=kind, label=part.label, extras=extras, keys=tuple(features), skips=skips
+    )
     return ds.map(
         check,
         batched=True,

@@ -38,15 +38,22 @@ def load_datasets(data_args: DataArguments, kind: str) -> DatasetDict:
         splits = load_mixture(data_args.dataset_mixture, kind, on_error=data_args.on_error)
     elif data_args.dataset_mixer:
         splits = load_mixer(
-            data_args.dataset_mixer, data_args.dataset_splits, kind,
-            configs=data_args.dataset_configs, on_error=data_args.on_error,
-        )  # fmt: skip
+            data_args.dataset_mixer,
+            data_args.dataset_splits,
+            kind,
+            configs=data_args.dataset_configs,
+            on_error=data_args.on_error,
+        )
     else:
-        raise ConfigError("No dataset given: set `dataset_mixer` (with `dataset_splits`) or `dataset_mixture`")
+        raise ConfigError(
+            "No dataset given: set `dataset_mixer` (with `dataset_splits`) or `dataset_mixture`"
+        )
     for name, limit in (("train", data_args.max_train_samples), ("test", data_args.max_eval_samples)):
         if limit is not None and name in splits:
             if limit < 0:
-                raise ConfigError(f"`max_{'train' if name == 'train' else 'eval'}_samples` must be >= 0; got {limit}")
+                raise ConfigError(
+                    f"`max_{'train' if name == 'train' else 'eval'}_samples` must be >= 0; got {limit}"
+                )
             splits[name] = splits[name].select(range(min(limit, len(splits[name]))))
     log.info("Data: %s", ", ".join(f"{name} {len(ds)} rows" for name, ds in splits.items()))
     return splits
@@ -84,7 +91,9 @@ def load_mixer(
 
 def _check_mixer(dataset_mixer, splits, configs) -> list:
     if not isinstance(dataset_mixer, dict) or not dataset_mixer:
-        raise ConfigError(f"`dataset_mixer` must map dataset ids or paths to fractions; got {dataset_mixer!r}")
+        raise ConfigError(
+            f"`dataset_mixer` must map dataset ids or paths to fractions; got {dataset_mixer!r}"
+        )
     for spec, fraction in dataset_mixer.items():
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
             raise ConfigError(f"`dataset_mixer.{spec}` must be a fraction between 0 and 1; got {fraction!r}")
@@ -92,11 +101,15 @@ def _check_mixer(dataset_mixer, splits, configs) -> list:
         raise ConfigError(f"`dataset_splits` must be a list of split names; got {splits!r}")
     for split in splits:
         if not isinstance(split, str) or ("train" not in split and "test" not in split):
-            raise ConfigError(f"Split {split!r} in `dataset_splits` is neither a train nor a test split (its name must contain `train` or `test`)")
+            raise ConfigError(
+                f"Split {split!r} in `dataset_splits` is neither a train nor a test split (its name must contain `train` or `test`)"
+            )
     if not configs:
         return [None] * len(dataset_mixer)
     if len(configs) != len(dataset_mixer):
-        raise ConfigError(f"`dataset_configs` has {len(configs)} entries but `dataset_mixer` has {len(dataset_mixer)} datasets")
+        raise ConfigError(
+            f"`dataset_configs` has {len(configs)} entries but `dataset_mixer` has {len(dataset_mixer)} datasets"
+        )
     return list(configs)
 
 
@@ -117,9 +130,13 @@ def load_mixture(mixture: dict, kind: str, on_error: str = "raise") -> DatasetDi
     parts = []
     for entry in entries:
         ds = load_rows(
-            entry["id"], kind, split=entry.get("split", "train"), config=entry.get("config"),
-            columns=entry.get("columns"), on_error=on_error,
-        ).dataset  # fmt: skip
+            entry["id"],
+            kind,
+            split=entry.get("split", "train"),
+            config=entry.get("config"),
+            columns=entry.get("columns"),
+            on_error=on_error,
+        ).dataset
         parts.append(_weighted(ds, entry.get("weight"), seed))
     combined = concat_rows(parts).shuffle(seed=seed)
     if test_size is None:
@@ -127,7 +144,9 @@ def load_mixture(mixture: dict, kind: str, on_error: str = "raise") -> DatasetDi
     try:
         return combined.train_test_split(test_size=test_size, seed=seed)
     except ValueError as exc:
-        raise ConfigError(f"`dataset_mixture.test_split_size` {test_size!r} does not fit {len(combined)} rows: {exc}") from None
+        raise ConfigError(
+            f"`dataset_mixture.test_split_size` {test_size!r} does not fit {len(combined)} rows: {exc}"
+        ) from None
 
 
 def _weighted(ds: Dataset, weight: float | None, seed: int) -> Dataset:
@@ -138,11 +157,15 @@ def _weighted(ds: Dataset, weight: float | None, seed: int) -> Dataset:
 
 def _check_mixture(mixture) -> tuple[list[dict], int, float | int | None]:
     if not isinstance(mixture, dict):
-        raise ConfigError(f"`dataset_mixture` must be a mapping with a `datasets` list; got {type(mixture).__name__}")
+        raise ConfigError(
+            f"`dataset_mixture` must be a mapping with a `datasets` list; got {type(mixture).__name__}"
+        )
     _check_keys(mixture, MIXTURE_KEYS, "dataset_mixture")
     entries = mixture.get("datasets")
     if not isinstance(entries, list) or not entries:
-        raise ConfigError("`dataset_mixture.datasets` must be a non-empty list of {id, config, split, columns, weight}")
+        raise ConfigError(
+            "`dataset_mixture.datasets` must be a non-empty list of {id, config, split, columns, weight}"
+        )
     for i, entry in enumerate(entries):
         _check_entry(entry, f"dataset_mixture.datasets[{i}]")
     seed = mixture.get("seed", 0)
@@ -150,10 +173,14 @@ def _check_mixture(mixture) -> tuple[list[dict], int, float | int | None]:
         raise ConfigError(f"`dataset_mixture.seed` must be an integer; got {seed!r}")
     test_size = mixture.get("test_split_size")
     if test_size is not None and (
-        isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or test_size <= 0
+        isinstance(test_size, bool)
+        or not isinstance(test_size, (int, float))
+        or test_size <= 0
         or (isinstance(test_size, float) and test_size >= 1)
-    ):  # fmt: skip
-        raise ConfigError(f"`dataset_mixture.test_split_size` must be a fraction in (0, 1) or a row count; got {test_size!r}")
+    ):
+        raise ConfigError(
+            f"`dataset_mixture.test_split_size` must be a fraction in (0, 1) or a row count; got {test_size!r}"
+        )
     return entries, seed, test_size
 
 
@@ -162,15 +189,21 @@ def _check_entry(entry, where: str) -> None:
         raise ConfigError(f"`{where}` must be a mapping with keys {', '.join(ENTRY_KEYS)}; got {entry!r}")
     _check_keys(entry, ENTRY_KEYS, where)
     if not isinstance(entry.get("id"), str) or not entry["id"]:
-        raise ConfigError(f"`{where}.id` must name a dataset (a hub id or a local path); got {entry.get('id')!r}")
+        raise ConfigError(
+            f"`{where}.id` must name a dataset (a hub id or a local path); got {entry.get('id')!r}"
+        )
     for key in ("config", "split"):
         if entry.get(key) is not None and not isinstance(entry[key], str):
             raise ConfigError(f"`{where}.{key}` must be a string; got {entry[key]!r}")
     columns = entry.get("columns")
-    if columns is not None and (not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)):
+    if columns is not None and (
+        not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
+    ):
         raise ConfigError(f"`{where}.columns` must be a list of column names; got {columns!r}")
     weight = entry.get("weight")
-    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1):
+    if weight is not None and (
+        isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1
+    ):
         raise ConfigError(f"`{where}.weight` must be a fraction between 0 and 1; got {weight!r}")
 
 

@@ -181,7 +181,11 @@ def _split_prompt(prompt, raw_prompt, chosen, rejected, loc) -> tuple[list[dict]
         return prompt, 0
     if not all(full):
         bad = "chosen" if not full[0] else "rejected"
-        _fail(loc, bad, "holds only the reply while the other side is a whole conversation; give both the same way")
+        _fail(
+            loc,
+            bad,
+            "holds only the reply while the other side is a whole conversation; give both the same way",
+        )
     # Everything both sides share is prompt, even past an explicit one: the shared turns would cancel out
     # of the DPO loss anyway, so keeping them in the replies only costs compute.
     shared = _shared_prompt(chosen, rejected)
@@ -286,7 +290,9 @@ def _pass_through(row: dict, extras: tuple[str, ...], loc: dict) -> dict:
     for key in extras:
         value = row.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, types[key])):
-            _fail(loc, key, f"must be {' or '.join(t.__name__ for t in types[key])}, got {type(value).__name__}")
+            _fail(
+                loc, key, f"must be {' or '.join(t.__name__ for t in types[key])}, got {type(value).__name__}"
+            )
         if key == "turns" and value is not None:
             _first_turn(value, loc)  # checks every turn is text
         out[key] = value

@@ -120,17 +120,23 @@ class Backend:
 
     name: str = "backend"
 
-    def generate(self, conversations: Sequence[Sequence[dict]], params: GenerationParams) -> list[list[Generation]]:
+    def generate(
+        self, conversations: Sequence[Sequence[dict]], params: GenerationParams
+    ) -> list[list[Generation]]:
         """``params.n`` generations for each conversation, in input order; raises BackendError for a
         row that failed (the other rows' results are on the error)."""
         raise NotImplementedError
 
-    def option_logprobs(self, conversations: Sequence[Sequence[dict]], options: Sequence[str]) -> list[dict[str, float]]:
+    def option_logprobs(
+        self, conversations: Sequence[Sequence[dict]], options: Sequence[str]
+    ) -> list[dict[str, float]]:
         """For each conversation, the log-probability that the reply starts with each option (e.g. a judge's
         "A" or "B"), read from the first token's distribution: local models directly, OpenAI-compatible
         endpoints through `top_logprobs`."""
-        raise BackendError(f"the {type(self).__name__} backend cannot score options by log-probability; "
-                           "use a local model for this judge, or text verdicts")  # fmt: skip
+        raise BackendError(
+            f"the {type(self).__name__} backend cannot score options by log-probability; "
+            "use a local model for this judge, or text verdicts"
+        )
 
     def close(self) -> None:
         """Release the model or connections; pending calls end with BackendError."""
@@ -154,21 +160,39 @@ class BackendSpec:
     """Where generations come from. A plain string spec is ``{"type": "local", "model": SPEC}``."""
 
     model: str = _help("Model spec (local, vllm) or the model name the endpoint serves (openai).")
-    type: str | None = _help("local, openai or vllm. Default: openai when `base_url` is set, else local.", default=None)
-    name: str | None = _help("Model id recorded in outputs. Default: the model spec's last path part.", default=None)
-    base_url: str | None = _help(f"openai: the API root, ending in /v1. Default: {DEFAULT_BASE_URL}.", default=None)
+    type: str | None = _help(
+        "local, openai or vllm. Default: openai when `base_url` is set, else local.", default=None
+    )
+    name: str | None = _help(
+        "Model id recorded in outputs. Default: the model spec's last path part.", default=None
+    )
+    base_url: str | None = _help(
+        f"openai: the API root, ending in /v1. Default: {DEFAULT_BASE_URL}.", default=None
+    )
     api_key_env: str | None = _help(
         f"openai: environment variable holding the API key. Default: {DEFAULT_KEY_ENV}, optional (local "
-        "servers need none); when named explicitly it must be set.", default=None)
+        "servers need none); when named explicitly it must be set.",
+        default=None,
+    )
     concurrency: int = _help("openai: most requests in flight at once.", default=8)
-    timeout: float = _help("openai: seconds to wait for the server at each step (connect, send, first byte).", default=60.0)
-    max_retries: int = _help("openai: retries after the first attempt (429, 5xx, timeouts, connection errors, garbage).", default=4)
-    backoff: float = _help("openai: first retry delay in seconds; doubles each retry (with jitter).", default=1.0)
+    timeout: float = _help(
+        "openai: seconds to wait for the server at each step (connect, send, first byte).", default=60.0
+    )
+    max_retries: int = _help(
+        "openai: retries after the first attempt (429, 5xx, timeouts, connection errors, garbage).", default=4
+    )
+    backoff: float = _help(
+        "openai: first retry delay in seconds; doubles each retry (with jitter).", default=1.0
+    )
     max_backoff: float = _help("openai: longest delay between retries, in seconds.", default=30.0)
     dtype: str | None = _help("local, vllm: weights dtype (auto, fp32, bf16, fp16).", default=None)
-    chat_template: str | None = _help("local, vllm: zephyr, chatml or Jinja source. Default: the model's own.", default=None)
+    chat_template: str | None = _help(
+        "local, vllm: zephyr, chatml or Jinja source. Default: the model's own.", default=None
+    )
     max_batch_size: int | None = _help("local: most sequences decoded together (default 32).", default=None)
-    max_model_len: int | None = _help("local, vllm: context length to allow (default: the model's).", default=None)
+    max_model_len: int | None = _help(
+        "local, vllm: context length to allow (default: the model's).", default=None
+    )
     device: str = _help("local: auto (CUDA when present), cpu or cuda[:N].", default="auto")
     threads: int | None = _help("local: CPU threads for torch (default: torch's choice).", default=None)
 
@@ -182,7 +206,9 @@ class BackendSpec:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"`{key}` must be positive; got {getattr(self, key)!r}")
         if self.max_retries < 0 or self.backoff < 0:
-            raise ConfigError(f"`max_retries` and `backoff` must be >= 0; got {self.max_retries}, {self.backoff}")
+            raise ConfigError(
+                f"`max_retries` and `backoff` must be >= 0; got {self.max_retries}, {self.backoff}"
+            )
 
     @property
     def model_id(self) -> str:
@@ -195,8 +221,13 @@ class BackendSpec:
     def identity(self) -> dict:
         """What decides the text a backend produces; connection and sizing settings (URL, timeouts,
         retries, concurrency, batch size, threads) do not, so a resumed run may change them."""
-        return {"type": self.type, "model": self.model, "name": self.model_id, "dtype": self.dtype,
-                "chat_template": self.chat_template}
+        return {
+            "type": self.type,
+            "model": self.model,
+            "name": self.model_id,
+            "dtype": self.dtype,
+            "chat_template": self.chat_template,
+        }
 
 
 def parse_spec(spec: dict | str | BackendSpec) -> BackendSpec:
@@ -208,7 +239,9 @@ def parse_spec(spec: dict | str | BackendSpec) -> BackendSpec:
     if isinstance(spec, str):
         spec = {"model": spec}
     if not isinstance(spec, dict):
-        raise ConfigError(f"A backend spec must be a model spec string or a mapping; got {type(spec).__name__}")
+        raise ConfigError(
+            f"A backend spec must be a model spec string or a mapping; got {type(spec).__name__}"
+        )
     if "model" not in spec:
         raise ConfigError(f"A backend spec needs `model`; got keys {', '.join(spec) or 'none'}")
     try:
@@ -262,9 +295,14 @@ class LocalBackend(Backend):
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.name = spec.model_id
-        self.engine = Engine.from_spec(spec.model, chat_template=spec.chat_template, dtype=spec.dtype or "auto",
-                                       device=spec.device, max_batch_size=spec.max_batch_size or 32,
-                                       max_model_len=spec.max_model_len)
+        self.engine = Engine.from_spec(
+            spec.model,
+            chat_template=spec.chat_template,
+            dtype=spec.dtype or "auto",
+            device=spec.device,
+            max_batch_size=spec.max_batch_size or 32,
+            max_model_len=spec.max_model_len,
+        )
         self._encode_lock = threading.Lock()  # one tokenizer shared by every calling thread
 
     def generate(self, conversations, params: GenerationParams) -> list[list[Generation]]:
@@ -289,11 +327,18 @@ class LocalBackend(Backend):
             prompt = self.engine.encode_chat(conversation)
         room = self.engine.context_length - len(prompt)
         if room < 1:
-            raise BackendError(f"the prompt has {len(prompt)} tokens; the context holds {self.engine.context_length}")
+            raise BackendError(
+                f"the prompt has {len(prompt)} tokens; the context holds {self.engine.context_length}"
+            )
         handles = []
         for j in range(params.n):
-            sampling = SamplingParams(max_tokens=min(params.max_tokens, room), temperature=params.temperature,
-                                      top_p=params.top_p, seed=params.seed_of(j), stop=params.stop)
+            sampling = SamplingParams(
+                max_tokens=min(params.max_tokens, room),
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=params.seed_of(j),
+                stop=params.stop,
+            )
             handles.append(self.engine.submit(prompt, sampling))
         return handles
 
@@ -315,7 +360,9 @@ class LocalBackend(Backend):
             firsts = [self.engine.tokenizer.encode(o, add_special_tokens=False)[:1] for o in options]
         tokens = [f[0] for f in firsts if f]
         if len(tokens) != len(options) or len(set(tokens)) != len(tokens):
-            raise BackendError(f"options {list(options)} do not start with distinct tokens of {self.name}'s tokenizer")
+            raise BackendError(
+                f"options {list(options)} do not start with distinct tokens of {self.name}'s tokenizer"
+            )
         return tokens
 
     def close(self) -> None:
@@ -324,7 +371,9 @@ class LocalBackend(Backend):
 
 def _local_generation(completion) -> Generation:
     choice = completion.choices[0]
-    return Generation(choice.text, choice.finish_reason, completion.prompt_tokens, completion.completion_tokens)
+    return Generation(
+        choice.text, choice.finish_reason, completion.prompt_tokens, completion.completion_tokens
+    )
 
 
 # ---- OpenAI-compatible HTTP ---------------------------------------------------------------------------
@@ -348,7 +397,9 @@ class _Connections:
     def __init__(self, base_url: str, timeout: float):
         url = urllib.parse.urlsplit(base_url.rstrip("/"))
         if url.scheme not in ("http", "https") or not url.hostname:
-            raise ConfigError(f"Backend `base_url` must be an http(s) URL such as http://127.0.0.1:8000/v1; got {base_url!r}")
+            raise ConfigError(
+                f"Backend `base_url` must be an http(s) URL such as http://127.0.0.1:8000/v1; got {base_url!r}"
+            )
         self.scheme, self.host, self.port, self.prefix = url.scheme, url.hostname, url.port, url.path
         self.timeout = timeout
         self._local = threading.local()
@@ -389,7 +440,9 @@ class OpenAIBackend(Backend):
             futures = {(0, 0): _done(self._generation, 0, conversations[0], params, 0)}
         else:
             pool = self._executor()
-            futures = {(i, j): pool.submit(self._generation, i, conversations[i], params, j) for i, j in tasks}
+            futures = {
+                (i, j): pool.submit(self._generation, i, conversations[i], params, j) for i, j in tasks
+            }
         results: list = [[None] * params.n for _ in conversations]
         failures: dict[int, BackendError] = {}
         for (i, j), future in futures.items():
@@ -404,7 +457,9 @@ class OpenAIBackend(Backend):
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.spec.concurrency, thread_name_prefix=f"zephyr-{self.name}")
+                self._pool = ThreadPoolExecutor(
+                    self.spec.concurrency, thread_name_prefix=f"zephyr-{self.name}"
+                )
             return self._pool
 
     def option_logprobs(self, conversations, options) -> list[dict[str, float]]:
@@ -412,14 +467,23 @@ class OpenAIBackend(Backend):
         sums the variants of its token that differ only in surrounding spaces (" A" and "A")."""
         out = []
         for i, messages in enumerate(conversations):
-            body = {"model": self.spec.model, "messages": list(messages), "temperature": 0.0, "max_tokens": 1,
-                    "n": 1, "logprobs": True, "top_logprobs": TOP_LOGPROBS}  # fmt: skip
+            body = {
+                "model": self.spec.model,
+                "messages": list(messages),
+                "temperature": 0.0,
+                "max_tokens": 1,
+                "n": 1,
+                "logprobs": True,
+                "top_logprobs": TOP_LOGPROBS,
+            }
             top = self._attempt_all(i, body, _parse_top_logprobs)
             scores = {o: _logsumexp([lp for tok, lp in top if tok.strip() == o.strip()]) for o in options}
             if all(v == float("-inf") for v in scores.values()):
-                raise BackendError(f"{self.name}: none of the options {list(options)} is among the first reply "
-                                   f"token's {TOP_LOGPROBS} most likely tokens ({[t for t, _ in top][:8]}...)",
-                                   index=i)  # fmt: skip
+                raise BackendError(
+                    f"{self.name}: none of the options {list(options)} is among the first reply "
+                    f"token's {TOP_LOGPROBS} most likely tokens ({[t for t, _ in top][:8]}...)",
+                    index=i,
+                )
             out.append(scores)
         return out
 
@@ -438,12 +502,22 @@ class OpenAIBackend(Backend):
                 last = exc
                 log.debug("%s: attempt %d for row %d failed: %s", self.name, attempt + 1, index, exc)
         attempts = self.spec.max_retries + 1
-        raise BackendError(f"{self.name} at {self._url()}: failed {attempts} time(s); last error: {last}",
-                           index=index, attempts=attempts, retryable=True)
+        raise BackendError(
+            f"{self.name} at {self._url()}: failed {attempts} time(s); last error: {last}",
+            index=index,
+            attempts=attempts,
+            retryable=True,
+        )
 
     def _body(self, messages, params: GenerationParams, choice: int) -> dict:
-        body = {"model": self.spec.model, "messages": list(messages), "temperature": params.temperature,
-                "top_p": params.top_p, "max_tokens": params.max_tokens, "n": 1}
+        body = {
+            "model": self.spec.model,
+            "messages": list(messages),
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+            "n": 1,
+        }
         if params.stop:
             body["stop"] = list(params.stop)
         if params.seed is not None:
@@ -513,8 +587,10 @@ def _api_key(spec: BackendSpec) -> str | None:
         return os.environ.get(DEFAULT_KEY_ENV) or None
     key = os.environ.get(spec.api_key_env)
     if not key:
-        raise BackendError(f"Backend `api_key_env` names ${spec.api_key_env}, which is not set; "
-                           f"export {spec.api_key_env}=<key> or remove `api_key_env` for a server without keys")
+        raise BackendError(
+            f"Backend `api_key_env` names ${spec.api_key_env}, which is not set; "
+            f"export {spec.api_key_env}=<key> or remove `api_key_env` for a server without keys"
+        )
     return key
 
 
@@ -550,8 +626,10 @@ def _parse_top_logprobs(data: bytes) -> list[tuple[str, float]]:
         return [(str(t["token"]), float(t["logprob"])) for t in top]
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         # A well-formed reply without log-probs: asking again will not help.
-        raise _Refused(f"the server answered ({reply.text[:40]!r}) but sent no `logprobs` for its tokens; this "
-                       "judge needs an endpoint that supports `logprobs`/`top_logprobs`") from None
+        raise _Refused(
+            f"the server answered ({reply.text[:40]!r}) but sent no `logprobs` for its tokens; this "
+            "judge needs an endpoint that supports `logprobs`/`top_logprobs`"
+        ) from None
 
 
 def _logsumexp(values: list[float]) -> float:
@@ -651,7 +729,9 @@ class VLLMBackend(Backend):
 
         self.name = spec.model_id
         self._template = resolve_template(spec.chat_template)
-        self.llm = LLM(model=resolve_model(spec.model), dtype=spec.dtype or "auto", max_model_len=spec.max_model_len)
+        self.llm = LLM(
+            model=resolve_model(spec.model), dtype=spec.dtype or "auto", max_model_len=spec.max_model_len
+        )
         self._batches = Coalescer(self._run_batch, name="zephyr-vllm")
 
     def generate(self, conversations, params: GenerationParams) -> list[list[Generation]]:
@@ -667,12 +747,29 @@ class VLLMBackend(Backend):
     def _run_batch(self, items: list) -> list[Generation]:
         from vllm import SamplingParams
 
-        sampling = [SamplingParams(n=1, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
-                                   stop=list(p.stop) or None, seed=p.seed_of(j)) for _, p, j in items]
-        outputs = self.llm.chat([c for c, _, _ in items], sampling_params=sampling, use_tqdm=False,
-                                chat_template=self._template)
-        return [Generation(o.outputs[0].text, o.outputs[0].finish_reason or "stop", len(o.prompt_token_ids or ()),
-                           len(o.outputs[0].token_ids)) for o in outputs]
+        sampling = [
+            SamplingParams(
+                n=1,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                max_tokens=p.max_tokens,
+                stop=list(p.stop) or None,
+                seed=p.seed_of(j),
+            )
+            for _, p, j in items
+        ]
+        outputs = self.llm.chat(
+            [c for c, _, _ in items], sampling_params=sampling, use_tqdm=False, chat_template=self._template
+        )
+        return [
+            Generation(
+                o.outputs[0].text,
+                o.outputs[0].finish_reason or "stop",
+                len(o.prompt_token_ids or ()),
+                len(o.outputs[0].token_ids),
+            )
+            for o in outputs
+        ]
 
     def close(self) -> None:
         self._batches.close()

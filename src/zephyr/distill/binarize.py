@@ -48,40 +48,66 @@ def _help(text: str, **kw) -> Any:
 class BinarizeConfig:
     """Settings of `zephyr binarize`."""
 
-    input: str = _help("Rated completions: the `zephyr feedback` output, or UltraFeedback-shaped rows "
-                       "(file, saved dataset or hub id).", default="")
+    input: str = _help(
+        "Rated completions: the `zephyr feedback` output, or UltraFeedback-shaped rows "
+        "(file, saved dataset or hub id).",
+        default="",
+    )
     output_dir: str = _help("Directory to write (replaced whole when done).", default="")
-    score_field: str = _help(f"The score that ranks completions: {', '.join(SCORE_FIELDS)} (an aspect name "
-                             "means that aspect's rating).", default="fine-grained_score")
-    ties: str = _help("`keep`: the rejected reply may score the same as the chosen one (as UltraFeedback); "
-                      "`drop`: only strictly lower replies may be rejected.", default="keep")
-    min_score_gap: float = _help("Smallest score difference allowed between chosen and rejected.", default=0.0)
-    test_size: float = _help("Prompts held out for the test splits: a count (>= 1) or a fraction (< 1).", default=0.05)
-    test_sft_size: float | None = _help("Rows of test_sft/test_gen, taken from the test prompts: a count or a "
-                                        "fraction of them. Default: all.", default=None)
-    exclude_sources: list[str] = _help("Drop prompts whose `source` is one of these (UltraFeedback dropped "
-                                       "truthful_qa).", default_factory=list)
+    score_field: str = _help(
+        f"The score that ranks completions: {', '.join(SCORE_FIELDS)} (an aspect name "
+        "means that aspect's rating).",
+        default="fine-grained_score",
+    )
+    ties: str = _help(
+        "`keep`: the rejected reply may score the same as the chosen one (as UltraFeedback); "
+        "`drop`: only strictly lower replies may be rejected.",
+        default="keep",
+    )
+    min_score_gap: float = _help(
+        "Smallest score difference allowed between chosen and rejected.", default=0.0
+    )
+    test_size: float = _help(
+        "Prompts held out for the test splits: a count (>= 1) or a fraction (< 1).", default=0.05
+    )
+    test_sft_size: float | None = _help(
+        "Rows of test_sft/test_gen, taken from the test prompts: a count or a "
+        "fraction of them. Default: all.",
+        default=None,
+    )
+    exclude_sources: list[str] = _help(
+        "Drop prompts whose `source` is one of these (UltraFeedback dropped truthful_qa).",
+        default_factory=list,
+    )
     input_split: str | None = _help("Split of the input source to read.", default=None)
     seed: int = _help("Global seed of the rejected draw and the train/test split.", default=42)
     num_proc: int = _help("Processes for pairing (the result does not depend on it).", default=1)
 
     def __post_init__(self):
         if not self.input or not self.output_dir:
-            raise ConfigError("`input` and `output_dir` are required (e.g. input: runs/demo/rated.jsonl, "
-                              "output_dir: runs/demo/prefs)")
+            raise ConfigError(
+                "`input` and `output_dir` are required (e.g. input: runs/demo/rated.jsonl, "
+                "output_dir: runs/demo/prefs)"
+            )
         if self.score_field not in SCORE_FIELDS:
-            raise ConfigError(f"`score_field` must be one of {', '.join(SCORE_FIELDS)}; got {self.score_field!r}")
+            raise ConfigError(
+                f"`score_field` must be one of {', '.join(SCORE_FIELDS)}; got {self.score_field!r}"
+            )
         if self.ties not in ("keep", "drop"):
             raise ConfigError(f"`ties` must be `keep` or `drop`; got {self.ties!r}")
         if self.min_score_gap < 0 or self.num_proc < 1:
-            raise ConfigError(f"`min_score_gap` must be >= 0 and `num_proc` >= 1; got {self.min_score_gap}, {self.num_proc}")
+            raise ConfigError(
+                f"`min_score_gap` must be >= 0 and `num_proc` >= 1; got {self.min_score_gap}, {self.num_proc}"
+            )
         for key in ("test_size", "test_sft_size"):
             value = getattr(self, key)
             if value is not None and (value < 0 or (value >= 1 and not float(value).is_integer())):
                 raise ConfigError(f"`{key}` must be a fraction below 1 or a whole count; got {value}")
 
     def rules(self) -> PairRules:
-        return PairRules(self.score_field, self.ties, self.min_score_gap, tuple(self.exclude_sources), self.seed)
+        return PairRules(
+            self.score_field, self.ties, self.min_score_gap, tuple(self.exclude_sources), self.seed
+        )
 
 
 # ---- the stage --------------------------------------------------------------------------------------
@@ -128,16 +154,30 @@ def build_splits(pairs: list[dict], cfg: BinarizeConfig) -> dict[str, list[dict]
     def gen(rows: list[dict]) -> list[dict]:
         return [{**r, "messages": r["chosen"][:-1]} for r in rows]  # the prompt turns only
 
-    return {"train_prefs": train, "test_prefs": test, "train_sft": train, "test_sft": test_small,
-            "train_gen": gen(train), "test_gen": gen(test_small)}
+    return {
+        "train_prefs": train,
+        "test_prefs": test,
+        "train_sft": train,
+        "test_sft": test_small,
+        "train_gen": gen(train),
+        "test_gen": gen(test_small),
+    }
 
 
 def write_splits(splits: dict[str, list[dict]], report: dict, output_dir: Path) -> None:
     from datasets import Features, Value
 
-    features = Features({"prompt": Value("string"), "prompt_id": Value("string"), "chosen": MESSAGES,
-                         "rejected": MESSAGES, "messages": MESSAGES, "score_chosen": Value("float64"),
-                         "score_rejected": Value("float64")})
+    features = Features(
+        {
+            "prompt": Value("string"),
+            "prompt_id": Value("string"),
+            "chosen": MESSAGES,
+            "rejected": MESSAGES,
+            "messages": MESSAGES,
+            "score_chosen": Value("float64"),
+            "score_rejected": Value("float64"),
+        }
+    )
     write_dataset_dir(output_dir, splits, features, "binarize_report.json", report)
 
 
@@ -156,13 +196,24 @@ def binarize(cfg: BinarizeConfig) -> BinarizeResult:
     splits = build_splits(pairs, cfg)
     bad_rows = [reason[len("bad_row: ") :] for _, reason in results if reason.startswith("bad_row")]
     report = {
-        "input": cfg.input, "settings": asdict(cfg), "rows_read": len(rows), "pairs": len(pairs),
-        "ties_kept": reasons["tie"], "duplicate_prompts": duplicates,
-        "dropped": {k: reasons[k] for k in ("too_few_ratings", "only_ties", "below_min_score_gap", "excluded_source")},
-        "unreadable": {"lines": len(bad_lines), "rows": len(bad_rows), "examples": (bad_lines + bad_rows)[:20]},
+        "input": cfg.input,
+        "settings": asdict(cfg),
+        "rows_read": len(rows),
+        "pairs": len(pairs),
+        "ties_kept": reasons["tie"],
+        "duplicate_prompts": duplicates,
+        "dropped": {
+            k: reasons[k] for k in ("too_few_ratings", "only_ties", "below_min_score_gap", "excluded_source")
+        },
+        "unreadable": {
+            "lines": len(bad_lines),
+            "rows": len(bad_rows),
+            "examples": (bad_lines + bad_rows)[:20],
+        },
         "splits": {name: len(r) for name, r in splits.items()},
         "mean_score_gap": round(sum(p["score_chosen"] - p["score_rejected"] for p in pairs) / len(pairs), 4)
-        if pairs else None,
+        if pairs
+        else None,
     }
     write_splits(splits, report, Path(cfg.output_dir))
     return BinarizeResult(Path(cfg.output_dir), report)
@@ -182,9 +233,11 @@ class BinarizeResult:
         dropped = ", ".join(f"{k} {v}" for k, v in r["dropped"].items() if v) or "none"
         splits = ", ".join(f"{k} {v}" for k, v in r["splits"].items())
         unreadable = r["unreadable"]["lines"] + r["unreadable"]["rows"]
-        return (f"binarize: {r['pairs']} pairs from {r['rows_read']} rows ({r['ties_kept']} ties kept; dropped: "
-                f"{dropped}; {unreadable} unreadable) -> {self.output_dir} [{splits}]; "
-                f"report: {self.output_dir / 'binarize_report.json'}")
+        return (
+            f"binarize: {r['pairs']} pairs from {r['rows_read']} rows ({r['ties_kept']} ties kept; dropped: "
+            f"{dropped}; {unreadable} unreadable) -> {self.output_dir} [{splits}]; "
+            f"report: {self.output_dir / 'binarize_report.json'}"
+        )
 
 
 def load_report(output_dir: str | Path) -> dict:

@@ -45,8 +45,35 @@ DEFAULT_DISCLAIMERS = [
     r"\bi(?:'m| am) not able to (?:feel|have|experience|form) (?:emotions|feelings|opinions|preferences)\b",
     r"\bmy (?:training data|knowledge cut-?off)\b",
 ]
-ABBREVIATIONS = {"e.g", "i.e", "etc", "vs", "cf", "al", "approx", "mr", "mrs", "ms", "dr", "prof", "st", "no", "fig",
-                 "inc", "ltd", "jr", "sr", "u.s", "u.k", "a.m", "p.m", "ca", "vol", "ed", "eq"}
+ABBREVIATIONS = {
+    "e.g",
+    "i.e",
+    "etc",
+    "vs",
+    "cf",
+    "al",
+    "approx",
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "prof",
+    "st",
+    "no",
+    "fig",
+    "inc",
+    "ltd",
+    "jr",
+    "sr",
+    "u.s",
+    "u.k",
+    "a.m",
+    "p.m",
+    "ca",
+    "vol",
+    "ed",
+    "eq",
+}
 _CODE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`", re.S)
 _WORD = r"([a-z]\w*(?:['’][a-z]+)*)"
 _SENTENCE_START = re.compile(r"(?<=[.!?])([\"')\]]*)(\s+)" + _WORD)
@@ -62,40 +89,66 @@ def _help(text: str, **kw) -> Any:
 class CleanConfig:
     """Settings of `zephyr clean`."""
 
-    input: str = _help("Dialogues to clean: a file, saved dataset or hub id with `messages` rows.", default="")
+    input: str = _help(
+        "Dialogues to clean: a file, saved dataset or hub id with `messages` rows.", default=""
+    )
     output_dir: str = _help("Directory to write (replaced whole when done).", default="")
-    splits: list[str] = _help("Splits of the input to clean (each written under its name). Default: the input's "
-                              "single table, written as `train_sft`.", default_factory=list)
+    splits: list[str] = _help(
+        "Splits of the input to clean (each written under its name). Default: the input's "
+        "single table, written as `train_sft`.",
+        default_factory=list,
+    )
     truecase: bool = _help("Capitalise lower-case sentence starts.", default=True)
-    truecase_roles: list[str] = _help("Roles whose turns are truecased.", default_factory=lambda: ["user", "assistant"])
-    remove_disclaimers: bool = _help("Remove assistant turns disclaiming emotions, opinions or being an AI.", default=True)
-    disclaimer_phrases: list[str] = _help("Case-insensitive regular expressions marking a disclaimer.",
-                                          default_factory=lambda: list(DEFAULT_DISCLAIMERS))
-    disclaimer_action: str = _help("`truncate`: cut the dialogue before the user turn that led to the "
-                                   "disclaimer (dropped if nothing is left); `drop`: drop the dialogue.", default="truncate")
+    truecase_roles: list[str] = _help(
+        "Roles whose turns are truecased.", default_factory=lambda: ["user", "assistant"]
+    )
+    remove_disclaimers: bool = _help(
+        "Remove assistant turns disclaiming emotions, opinions or being an AI.", default=True
+    )
+    disclaimer_phrases: list[str] = _help(
+        "Case-insensitive regular expressions marking a disclaimer.",
+        default_factory=lambda: list(DEFAULT_DISCLAIMERS),
+    )
+    disclaimer_action: str = _help(
+        "`truncate`: cut the dialogue before the user turn that led to the "
+        "disclaimer (dropped if nothing is left); `drop`: drop the dialogue.",
+        default="truncate",
+    )
     min_turns: int = _help("Fewest messages (user + assistant) a dialogue keeps.", default=2)
     max_turns: int | None = _help("Most messages a dialogue may have.", default=None)
     min_chars: int = _help("Fewest characters in a dialogue.", default=1)
     max_chars: int | None = _help("Most characters in a dialogue.", default=None)
     min_response_chars: int = _help("Fewest characters in every assistant reply.", default=1)
-    max_tokens: int | None = _help("Most tokens in a dialogue rendered with `tokenizer`'s chat template.", default=None)
+    max_tokens: int | None = _help(
+        "Most tokens in a dialogue rendered with `tokenizer`'s chat template.", default=None
+    )
     tokenizer: str | None = _help("Model spec whose tokenizer counts tokens for `max_tokens`.", default=None)
-    decontaminate: list[str] = _help("Evaluation prompt files to decontaminate against (e.g. MT-Bench "
-                                     "question.jsonl, AlpacaEval instructions); their `turns`, `instruction` or "
-                                     "`prompt` are read.", default_factory=list)
+    decontaminate: list[str] = _help(
+        "Evaluation prompt files to decontaminate against (e.g. MT-Bench "
+        "question.jsonl, AlpacaEval instructions); their `turns`, `instruction` or "
+        "`prompt` are read.",
+        default_factory=list,
+    )
     decontaminate_ngram: int = _help("Words per n-gram for decontamination.", default=10)
     dedupe: bool = _help("Remove exact duplicates (ignoring case, spacing and punctuation).", default=True)
     near_dedupe: bool = _help("Remove near-duplicates (MinHash over 5-word shingles).", default=True)
-    near_dup_threshold: float = _help("Estimated Jaccard similarity (of 5-word shingles) at which two dialogues are near-duplicates.", default=0.8)
-    dedupe_on: str = _help("What duplicates are judged on: `conversation` or `prompt` (the first user turn).",
-                           default="conversation")
+    near_dup_threshold: float = _help(
+        "Estimated Jaccard similarity (of 5-word shingles) at which two dialogues are near-duplicates.",
+        default=0.8,
+    )
+    dedupe_on: str = _help(
+        "What duplicates are judged on: `conversation` or `prompt` (the first user turn).",
+        default="conversation",
+    )
     examples: int = _help("Examples per filter kept in the report.", default=5)
 
     def __post_init__(self):
         if not self.input or not self.output_dir:
             raise ConfigError("`input` and `output_dir` are required")
         if self.disclaimer_action not in ("truncate", "drop"):
-            raise ConfigError(f"`disclaimer_action` must be `truncate` or `drop`; got {self.disclaimer_action!r}")
+            raise ConfigError(
+                f"`disclaimer_action` must be `truncate` or `drop`; got {self.disclaimer_action!r}"
+            )
         if self.dedupe_on not in ("conversation", "prompt"):
             raise ConfigError(f"`dedupe_on` must be `conversation` or `prompt`; got {self.dedupe_on!r}")
         if self.max_tokens is not None and not self.tokenizer:
@@ -145,15 +198,26 @@ def _truecase_prose(prose: str, first: bool) -> str:
 def _no_sentence_end(previous: str) -> bool:
     """Whether a period ends an abbreviation, initial, number, ellipsis or address rather than a sentence."""
     word = previous.lower().rstrip(".!?")
-    return (not previous or word in ABBREVIATIONS or previous.endswith("..") or len(word) == 1
-            or word.replace(".", "").isdigit() or bool(re.search(r"[/@:]|\w\.\w", previous)))
+    return (
+        not previous
+        or word in ABBREVIATIONS
+        or previous.endswith("..")
+        or len(word) == 1
+        or word.replace(".", "").isdigit()
+        or bool(re.search(r"[/@:]|\w\.\w", previous))
+    )
 
 
 def _deliberate(word: str, after: str) -> bool:
     """Whether a lower-case start is on purpose: iPhone, eBay, snake_case, x86, file.txt, or a variable
     or function in a formula (``x = 5``, ``f(x)``, ``f'(x)``)."""
-    return (any(ch.isupper() or ch.isdigit() for ch in word[1:]) or "_" in word or after.startswith(".")
-            or (len(word) == 1 and word not in "ai") or bool(_FORMULA_NEXT.match(after)))
+    return (
+        any(ch.isupper() or ch.isdigit() for ch in word[1:])
+        or "_" in word
+        or after.startswith(".")
+        or (len(word) == 1 and word not in "ai")
+        or bool(_FORMULA_NEXT.match(after))
+    )
 
 
 def truecase_messages(messages: list[dict], roles: list[str]) -> tuple[list[dict], int]:
@@ -286,7 +350,9 @@ def _dedupe_text(messages: list[dict], on: str) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
-def clean_split(cfg: CleanConfig, rows: list[list[dict]], contamination, tokenizer) -> tuple[list[dict], dict]:
+def clean_split(
+    cfg: CleanConfig, rows: list[list[dict]], contamination, tokenizer
+) -> tuple[list[dict], dict]:
     """Clean one split's dialogues; returns the kept rows and the per-filter report."""
     report, filters, kept = _Report(cfg.examples), _Filters(cfg, contamination, tokenizer), []
     for messages in rows:
@@ -331,7 +397,11 @@ def clean(cfg: CleanConfig) -> CleanResult:
     contamination = None
     if cfg.decontaminate:
         contamination = Contamination(evaluation_prompts(cfg.decontaminate), cfg.decontaminate_ngram)
-        log.info("clean: decontaminating against %d evaluation prompts (%d-grams)", contamination.size, cfg.decontaminate_ngram)
+        log.info(
+            "clean: decontaminating against %d evaluation prompts (%d-grams)",
+            contamination.size,
+            cfg.decontaminate_ngram,
+        )
     tokenizer = None
     if cfg.max_tokens is not None:
         from zephyr.models import load_tokenizer
@@ -343,9 +413,13 @@ def clean(cfg: CleanConfig) -> CleanResult:
         kept, filters = clean_split(cfg, loaded.dataset["messages"], contamination, tokenizer)
         name = split or "train_sft"
         outputs[name] = kept
-        report["splits"][name] = {"rows_in": len(loaded.dataset) + loaded.skipped, "unreadable": loaded.skipped,
-                                  "unreadable_examples": loaded.skipped_examples, "rows_out": len(kept),
-                                  "filters": filters}
+        report["splits"][name] = {
+            "rows_in": len(loaded.dataset) + loaded.skipped,
+            "unreadable": loaded.skipped,
+            "unreadable_examples": loaded.skipped_examples,
+            "rows_out": len(kept),
+            "filters": filters,
+        }
     _write(outputs, report, Path(cfg.output_dir))
     return CleanResult(Path(cfg.output_dir), report)
 
@@ -374,7 +448,9 @@ class CleanResult:
 
 # ---- command line -----------------------------------------------------------------------------------
 
-HELP = "Clean SFT dialogues: truecasing, AI-disclaimer removal, length filters, decontamination, deduplication."
+HELP = (
+    "Clean SFT dialogues: truecasing, AI-disclaimer removal, length filters, decontamination, deduplication."
+)
 DESCRIPTION = cli.describe(HELP, CleanConfig, "zephyr clean recipes/demo/clean.yaml")
 add_arguments = cli.add_arguments
 

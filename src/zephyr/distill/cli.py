@@ -16,13 +16,19 @@ EXIT_INCOMPLETE = 3  # the stage finished, but some rows failed or were unreadab
 
 
 def describe(help_line: str, config_cls: type, example: str) -> str:
-    return (f"{help_line}\n\nSettings come from the config file, then `--key=value` overrides.\n"
-            f"Example: {example}\n\nConfig keys:{help_text([config_cls])}")
+    return (
+        f"{help_line}\n\nSettings come from the config file, then `--key=value` overrides.\n"
+        f"Example: {example}\n\nConfig keys:{help_text([config_cls])}"
+    )
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("recipe", nargs="?", metavar="CONFIG",
-                        help="YAML config file (optional: `--key=value` overrides alone also work)")
+    parser.add_argument(
+        "recipe",
+        nargs="?",
+        metavar="CONFIG",
+        help="YAML config file (optional: `--key=value` overrides alone also work)",
+    )
 
 
 def run_stage(config_cls: type, stage: Callable, args, extra) -> int:

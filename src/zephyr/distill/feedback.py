@@ -47,39 +47,76 @@ class FeedbackConfig:
 
     input: str = _help("The `zephyr generate` output (JSONL) to rate.", default="")
     output: str = _help("The JSONL file to write (and resume).", default="")
-    judge: str | dict = _help("Judge backend spec: a local model spec, or {type, model, base_url, ...}.", default="")
-    aspects: list[str] = _help(f"Aspects to rate, from: {', '.join(ASPECTS)}.", default_factory=lambda: list(ASPECTS))
-    rationale: bool = _help("Ask for a rationale (and type) with each rating. Off: ratings only, which small "
-                            "judges manage far more often.", default=True)
-    critique: bool = _help("Also ask for UltraFeedback's written critique with a 1-10 `overall_score`, one "
-                           "request per completion.", default=False)
+    judge: str | dict = _help(
+        "Judge backend spec: a local model spec, or {type, model, base_url, ...}.", default=""
+    )
+    aspects: list[str] = _help(
+        f"Aspects to rate, from: {', '.join(ASPECTS)}.", default_factory=lambda: list(ASPECTS)
+    )
+    rationale: bool = _help(
+        "Ask for a rationale (and type) with each rating. Off: ratings only, which small "
+        "judges manage far more often.",
+        default=True,
+    )
+    critique: bool = _help(
+        "Also ask for UltraFeedback's written critique with a 1-10 `overall_score`, one "
+        "request per completion.",
+        default=False,
+    )
     max_tokens: int = _help("Longest judge reply per aspect request.", default=1024)
     critique_max_tokens: int = _help("Longest critique reply.", default=512)
-    min_aspects: int | None = _help("Aspects that must be read for a completion to get a `fine-grained_score` "
-                                    "(their mean). Default: all of `aspects`.", default=None)
-    seed: int = _help("Seed of the per-prompt, per-aspect shuffle of the completions shown to the judge.", default=42)
-    concurrency: int = _help("Prompts judged at once (a local judge batches their requests together).", default=8)
+    min_aspects: int | None = _help(
+        "Aspects that must be read for a completion to get a `fine-grained_score` "
+        "(their mean). Default: all of `aspects`.",
+        default=None,
+    )
+    seed: int = _help(
+        "Seed of the per-prompt, per-aspect shuffle of the completions shown to the judge.", default=42
+    )
+    concurrency: int = _help(
+        "Prompts judged at once (a local judge batches their requests together).", default=8
+    )
     progress: bool = _help("Show a progress bar.", default=True)
 
     def __post_init__(self):
         if not self.input or not self.output or not self.judge:
-            raise ConfigError("`input`, `output` and `judge` are required (e.g. input: runs/demo/completions.jsonl, "
-                              "output: runs/demo/rated.jsonl, judge: smollm2-135m-instruct)")
+            raise ConfigError(
+                "`input`, `output` and `judge` are required (e.g. input: runs/demo/completions.jsonl, "
+                "output: runs/demo/rated.jsonl, judge: smollm2-135m-instruct)"
+            )
         self.judge_spec = parse_spec(self.judge)
         unknown = [a for a in self.aspects if a not in RUBRICS]
         if unknown or not self.aspects or len(set(self.aspects)) != len(self.aspects):
-            raise ConfigError(f"`aspects` must be distinct names from {', '.join(ASPECTS)}; got {self.aspects}")
+            raise ConfigError(
+                f"`aspects` must be distinct names from {', '.join(ASPECTS)}; got {self.aspects}"
+            )
         self.min_aspects = len(self.aspects) if self.min_aspects is None else self.min_aspects
         if not 1 <= self.min_aspects <= len(self.aspects):
-            raise ConfigError(f"`min_aspects` must be between 1 and {len(self.aspects)}; got {self.min_aspects}")
+            raise ConfigError(
+                f"`min_aspects` must be between 1 and {len(self.aspects)}; got {self.min_aspects}"
+            )
         if min(self.max_tokens, self.critique_max_tokens, self.concurrency) < 1:
             raise ConfigError("`max_tokens`, `critique_max_tokens` and `concurrency` must be at least 1")
 
     def settings(self) -> dict:
         """What decides the content of each row: a resumed run must agree on all of it."""
-        keys = ("input", "aspects", "rationale", "critique", "max_tokens", "critique_max_tokens", "min_aspects", "seed")
-        return {"stage": "feedback", "schema_version": SCHEMA_VERSION, "rubric_version": RUBRIC_VERSION,
-                "judge": self.judge_spec.identity(), **{k: getattr(self, k) for k in keys}}
+        keys = (
+            "input",
+            "aspects",
+            "rationale",
+            "critique",
+            "max_tokens",
+            "critique_max_tokens",
+            "min_aspects",
+            "seed",
+        )
+        return {
+            "stage": "feedback",
+            "schema_version": SCHEMA_VERSION,
+            "rubric_version": RUBRIC_VERSION,
+            "judge": self.judge_spec.identity(),
+            **{k: getattr(self, k) for k in keys},
+        }
 
 
 # ---- one prompt -------------------------------------------------------------------------------------
@@ -116,12 +153,16 @@ def judge_prompt(cfg: FeedbackConfig, judge: Backend, record: PromptRecord) -> t
     tokens = _ask(judge, requests, cfg.max_tokens, cfg.seed, _read_aspect)
     critiques = []
     if cfg.critique:
-        critiques = [_Request("critique", [i], critique_messages(instruction, c.response))
-                     for i, c in enumerate(record.completions)]
+        critiques = [
+            _Request("critique", [i], critique_messages(instruction, c.response))
+            for i, c in enumerate(record.completions)
+        ]
         tokens += _ask(judge, critiques, cfg.critique_max_tokens, cfg.seed, _read_critique)
     _annotate(cfg, record, requests, critiques)
     record.judge = judge.name
-    record.judgments = [Judgment(r.aspect, r.order, r.reply, r.repair_reply, r.error) for r in requests + critiques]
+    record.judgments = [
+        Judgment(r.aspect, r.order, r.reply, r.repair_reply, r.error) for r in requests + critiques
+    ]
     return record, tokens
 
 
@@ -153,7 +194,9 @@ def _read_aspect(request: _Request, reply: str, repair: bool = False) -> str | N
     n_types = len(RUBRICS[request.aspect].types)
     parsed = parse_ratings(reply, len(request.order), n_types)
     if repair:
-        parsed = [old if old.rating is not None else new for old, new in zip(request.verdicts, parsed, strict=True)]
+        parsed = [
+            old if old.rating is not None else new for old, new in zip(request.verdicts, parsed, strict=True)
+        ]
     request.verdicts = parsed
     return problems(parsed)
 
@@ -166,19 +209,26 @@ def _read_critique(request: _Request, reply: str, repair: bool = False) -> str |
     return error
 
 
-def _annotate(cfg: FeedbackConfig, record: PromptRecord, requests: list[_Request], critiques: list[_Request]) -> None:
+def _annotate(
+    cfg: FeedbackConfig, record: PromptRecord, requests: list[_Request], critiques: list[_Request]
+) -> None:
     for request in requests:
         for shown, i in enumerate(request.order):
             v = request.verdicts[shown]
             raw = None if v.rating is not None else _raw(request)
-            record.completions[i].annotations[request.aspect] = Rating(v.rating, v.rationale, v.type, v.error, raw)
+            record.completions[i].annotations[request.aspect] = Rating(
+                v.rating, v.rationale, v.type, v.error, raw
+            )
     for c in record.completions:
         read = [r.rating for r in c.annotations.values() if r.rating is not None]
         c.fine_grained_score = round(sum(read) / len(read), 4) if len(read) >= cfg.min_aspects else None
     for request in critiques:
         completion = record.completions[request.order[0]]
         v = request.verdicts[0]
-        completion.overall_score, completion.critique = v.rating, v.rationale if v.rating is not None else _raw(request)
+        completion.overall_score, completion.critique = (
+            v.rating,
+            v.rationale if v.rating is not None else _raw(request),
+        )
 
 
 def _raw(request: _Request) -> str:
@@ -216,15 +266,29 @@ def feedback(cfg: FeedbackConfig) -> StageResult:
         raise DataError("holds no readable completions row", source=cfg.input)
     with BackendPool() as backends:
         judge = backends.get(cfg.judge_spec)
-        log.info("feedback: %d prompts, %d aspect(s)%s, judge %s -> %s", len(records), len(cfg.aspects),
-                 " + critique" if cfg.critique else "", judge.name, cfg.output)
+        log.info(
+            "feedback: %d prompts, %d aspect(s)%s, judge %s -> %s",
+            len(records),
+            len(cfg.aspects),
+            " + critique" if cfg.critique else "",
+            judge.name,
+            cfg.output,
+        )
 
         def work(record: PromptRecord) -> tuple[dict, int]:
             rated, tokens = judge_prompt(cfg, judge, record)
             return rated.to_json(), tokens
 
-        result = run_stage("feedback", [(r.prompt_id, r) for r in records], work, Path(cfg.output),
-                           concurrency=cfg.concurrency, settings=cfg.settings(), bad_input=bad, progress=cfg.progress)
+        result = run_stage(
+            "feedback",
+            [(r.prompt_id, r) for r in records],
+            work,
+            Path(cfg.output),
+            concurrency=cfg.concurrency,
+            settings=cfg.settings(),
+            bad_input=bad,
+            progress=cfg.progress,
+        )
     log.info("feedback: %s", parse_rates(cfg.output))
     return result
 

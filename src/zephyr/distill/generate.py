@@ -45,14 +45,20 @@ def _help(text: str, **kw) -> Any:
 class TeacherConfig:
     """One member of the teacher pool: a backend plus how to sample from it."""
 
-    backend: str | dict = _help("Backend spec: a local model spec, or {type, model, base_url, ...} (see zephyr.distill.backends).")
-    name: str | None = _help("Teacher name recorded with each completion. Default: `<model>@t<temperature>`.", default=None)
+    backend: str | dict = _help(
+        "Backend spec: a local model spec, or {type, model, base_url, ...} (see zephyr.distill.backends)."
+    )
+    name: str | None = _help(
+        "Teacher name recorded with each completion. Default: `<model>@t<temperature>`.", default=None
+    )
     temperature: float = _help("Sampling temperature (0: greedy).", default=1.0)
     top_p: float = _help("Nucleus sampling mass.", default=1.0)
     max_tokens: int = _help("Longest completion in tokens.", default=512)
     stop: list[str] = _help("Extra stop strings (generation always stops at EOS).", default_factory=list)
     principles: dict[str, float] | None = _help(
-        "Principle weights for this teacher, overriding `principles_by_category` and `principles`.", default=None)
+        "Principle weights for this teacher, overriding `principles_by_category` and `principles`.",
+        default=None,
+    )
 
     def __post_init__(self):
         self.spec = parse_spec(self.backend)
@@ -60,51 +66,79 @@ class TeacherConfig:
         self.name = self.name or f"{self.spec.model_id}@t{self.temperature:g}"
 
     def params(self, seed: int) -> GenerationParams:
-        return GenerationParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
-                                stop=tuple(self.stop), seed=seed)
+        return GenerationParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            stop=tuple(self.stop),
+            seed=seed,
+        )
 
 
 @dataclass
 class GenerateConfig:
     """Settings of `zephyr generate`."""
 
-    prompts: str = _help("Prompts: a .jsonl/.json/.parquet file, a saved dataset, a hub id, or zephyr:demo_prompts. "
-                         "Rows hold `prompt`, `messages`, `instruction` or `turns`.", default="")
+    prompts: str = _help(
+        "Prompts: a .jsonl/.json/.parquet file, a saved dataset, a hub id, or zephyr:demo_prompts. "
+        "Rows hold `prompt`, `messages`, `instruction` or `turns`.",
+        default="",
+    )
     output: str = _help("The JSONL file to write (and resume).", default="")
-    teachers: list[dict] = _help("The teacher pool: a list of {backend, name, temperature, top_p, max_tokens, stop, "
-                                 "principles}.", default_factory=list)
-    completions_per_prompt: int = _help("Completions per prompt, each from a different teacher while the pool "
-                                        "has enough (UltraFeedback: 4).", default=4)
+    teachers: list[dict] = _help(
+        "The teacher pool: a list of {backend, name, temperature, top_p, max_tokens, stop, principles}.",
+        default_factory=list,
+    )
+    completions_per_prompt: int = _help(
+        "Completions per prompt, each from a different teacher while the pool has enough (UltraFeedback: 4).",
+        default=4,
+    )
     principles: dict[str, float] = _help(
         "Principle -> weight, for drawing each completion's principle (built in: helpfulness, honesty, "
         "truthfulness, verbalized_calibration; `none` means no system prompt).",
-        default_factory=lambda: dict(DEFAULT_PRINCIPLE_WEIGHTS))
+        default_factory=lambda: dict(DEFAULT_PRINCIPLE_WEIGHTS),
+    )
     principles_by_category: dict[str, dict[str, float]] = _help(
         "Principle weights for prompts of a given `category` (or `source`), as UltraFeedback varies them by "
-        "source.", default_factory=dict)
+        "source.",
+        default_factory=dict,
+    )
     principle_prompts: dict[str, list[str]] = _help(
-        "Extra or replacement principles: name -> list of system-prompt wordings.", default_factory=dict)
+        "Extra or replacement principles: name -> list of system-prompt wordings.", default_factory=dict
+    )
     prompts_split: str | None = _help("Split of the prompts source to read.", default=None)
     prompts_config: str | None = _help("Hub config of the prompts source.", default=None)
-    max_prompts: int | None = _help("Use only the first N readable prompts (raise it later to extend a run).", default=None)
+    max_prompts: int | None = _help(
+        "Use only the first N readable prompts (raise it later to extend a run).", default=None
+    )
     seed: int = _help("Global seed for teacher/principle draws and sampling seeds.", default=42)
-    concurrency: int = _help("Prompts worked on at once (a local backend batches their requests together).", default=16)
-    on_bad_input: str = _help("An unreadable prompt row: `skip` reports it and goes on, `raise` stops.", default="skip")
+    concurrency: int = _help(
+        "Prompts worked on at once (a local backend batches their requests together).", default=16
+    )
+    on_bad_input: str = _help(
+        "An unreadable prompt row: `skip` reports it and goes on, `raise` stops.", default="skip"
+    )
     progress: bool = _help("Show a progress bar.", default=True)
 
     def __post_init__(self):
         if not self.prompts or not self.output:
-            raise ConfigError("`prompts` and `output` are required (e.g. prompts: zephyr:demo_prompts, "
-                              "output: runs/demo/completions.jsonl)")
+            raise ConfigError(
+                "`prompts` and `output` are required (e.g. prompts: zephyr:demo_prompts, "
+                "output: runs/demo/completions.jsonl)"
+            )
         if not self.teachers:
-            raise ConfigError("`teachers` is empty; give at least one, e.g. teachers: [{backend: smollm2-135m-instruct}]")
+            raise ConfigError(
+                "`teachers` is empty; give at least one, e.g. teachers: [{backend: smollm2-135m-instruct}]"
+            )
         self.pool = [_teacher(t, i) for i, t in enumerate(self.teachers)]
         names = [t.name for t in self.pool]
         if len(set(names)) != len(names):
             raise ConfigError(f"Teacher names must be unique; got {names}. Set `name` on each teacher")
         if self.completions_per_prompt < 1 or self.concurrency < 1:
-            raise ConfigError("`completions_per_prompt` and `concurrency` must be at least 1; got "
-                              f"{self.completions_per_prompt} and {self.concurrency}")
+            raise ConfigError(
+                "`completions_per_prompt` and `concurrency` must be at least 1; got "
+                f"{self.completions_per_prompt} and {self.concurrency}"
+            )
         if self.on_bad_input not in ("skip", "raise"):
             raise ConfigError(f"`on_bad_input` must be `skip` or `raise`; got {self.on_bad_input!r}")
         if self.max_prompts is not None and self.max_prompts < 1:
@@ -119,18 +153,27 @@ class GenerateConfig:
 
     def settings(self) -> dict:
         """What decides the content of each row: a resumed run must agree on all of it."""
-        return {"stage": "generate", "schema_version": SCHEMA_VERSION, "prompts": self.prompts,
-                "prompts_split": self.prompts_split, "seed": self.seed,
-                "completions_per_prompt": self.completions_per_prompt, "principles": self.principles,
-                "principles_by_category": self.principles_by_category, "principle_prompts": self.principle_prompts,
-                "teachers": [{**asdict(t), "backend": t.spec.identity()} for t in self.pool]}
+        return {
+            "stage": "generate",
+            "schema_version": SCHEMA_VERSION,
+            "prompts": self.prompts,
+            "prompts_split": self.prompts_split,
+            "seed": self.seed,
+            "completions_per_prompt": self.completions_per_prompt,
+            "principles": self.principles,
+            "principles_by_category": self.principles_by_category,
+            "principle_prompts": self.principle_prompts,
+            "teachers": [{**asdict(t), "backend": t.spec.identity()} for t in self.pool],
+        }
 
 
 def _teacher(raw: Any, i: int) -> TeacherConfig:
     if isinstance(raw, str):
         raw = {"backend": raw}
     if not isinstance(raw, dict):
-        raise ConfigError(f"`teachers[{i}]` must be a mapping such as {{backend: MODEL, temperature: 0.7}}; got {raw!r}")
+        raise ConfigError(
+            f"`teachers[{i}]` must be a mapping such as {{backend: MODEL, temperature: 0.7}}; got {raw!r}"
+        )
     try:
         return parse_config([TeacherConfig], None, dict(raw))[0]
     except ConfigError as exc:
@@ -140,8 +183,9 @@ def _teacher(raw: Any, i: int) -> TeacherConfig:
 # ---- prompts ----------------------------------------------------------------------------------------
 
 
-def read_prompts(spec: str, *, split: str | None = None, config: str | None = None,
-                 limit: int | None = None) -> tuple[list[dict], list[DataError]]:
+def read_prompts(
+    spec: str, *, split: str | None = None, config: str | None = None, limit: int | None = None
+) -> tuple[list[dict], list[DataError]]:
     """Readable prompt rows (first ``limit``, one per distinct prompt) and a DataError per unreadable row.
 
     ``prompt_id`` is always the stable hash of the prompt (``prompt_id_of``), so the same prompt has the
@@ -171,13 +215,20 @@ def read_prompts(spec: str, *, split: str | None = None, config: str | None = No
 
 
 def _prompt_row(row: dict, raw: dict, prompt_id: str) -> dict:
-    extra = {"category": row.get("category"), "source": raw.get("source") or row.get("dataset"),
-             "question_id": row.get("question_id")}
+    extra = {
+        "category": row.get("category"),
+        "source": raw.get("source") or row.get("dataset"),
+        "question_id": row.get("question_id"),
+    }
     if row["prompt_id"] != prompt_id:
         extra["source_prompt_id"] = row["prompt_id"]
     last_user = next(m["content"] for m in reversed(row["messages"]) if m["role"] == "user")
-    return {"prompt_id": prompt_id, "prompt": last_user, "messages": row["messages"],
-            "extra": {k: v for k, v in extra.items() if isinstance(v, (str, int)) and not isinstance(v, bool)}}
+    return {
+        "prompt_id": prompt_id,
+        "prompt": last_user,
+        "messages": row["messages"],
+        "extra": {k: v for k, v in extra.items() if isinstance(v, (str, int)) and not isinstance(v, bool)},
+    }
 
 
 # ---- the teacher pool -------------------------------------------------------------------------------
@@ -225,33 +276,61 @@ def conversation_for(slot: Slot, messages: list[dict]) -> list[dict]:
 def complete_prompt(cfg: GenerateConfig, backends: BackendPool, prompt: dict) -> tuple[dict, int]:
     """One output row: every slot's completion (one backend call per slot, so each has its own seed)."""
     completions = []
-    for slot in plan_slots(cfg, prompt["prompt_id"], prompt["extra"].get("category") or prompt["extra"].get("source")):
+    for slot in plan_slots(
+        cfg, prompt["prompt_id"], prompt["extra"].get("category") or prompt["extra"].get("source")
+    ):
         backend = backends.get(slot.teacher.spec)
-        (gen,) = backend.generate([conversation_for(slot, prompt["messages"])], slot.teacher.params(slot.seed))[0]
-        completions.append(Completion(
-            model=backend.name, teacher=slot.teacher.name, principle=slot.principle,
-            custom_system_prompt=slot.system_prompt, temperature=slot.teacher.temperature, response=gen.text,
-            finish_reason=gen.finish_reason, prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
-        ))
-    record = PromptRecord(prompt["prompt_id"], prompt["prompt"], prompt["messages"], completions, prompt["extra"])
+        (gen,) = backend.generate(
+            [conversation_for(slot, prompt["messages"])], slot.teacher.params(slot.seed)
+        )[0]
+        completions.append(
+            Completion(
+                model=backend.name,
+                teacher=slot.teacher.name,
+                principle=slot.principle,
+                custom_system_prompt=slot.system_prompt,
+                temperature=slot.teacher.temperature,
+                response=gen.text,
+                finish_reason=gen.finish_reason,
+                prompt_tokens=gen.prompt_tokens,
+                completion_tokens=gen.completion_tokens,
+            )
+        )
+    record = PromptRecord(
+        prompt["prompt_id"], prompt["prompt"], prompt["messages"], completions, prompt["extra"]
+    )
     return record.to_json(), sum(c.completion_tokens for c in completions)
 
 
 def generate(cfg: GenerateConfig) -> StageResult:
     """Run `zephyr generate`: returns what was written, resumed, failed and skipped."""
-    prompts, bad = read_prompts(cfg.prompts, split=cfg.prompts_split, config=cfg.prompts_config, limit=cfg.max_prompts)
+    prompts, bad = read_prompts(
+        cfg.prompts, split=cfg.prompts_split, config=cfg.prompts_config, limit=cfg.max_prompts
+    )
     if bad and cfg.on_bad_input == "raise":
         raise bad[0]
     if not prompts:
         raise DataError("holds no readable prompt", source=cfg.prompts)
-    log.info("generate: %d prompts x %d completions from %d teacher(s) -> %s", len(prompts),
-             cfg.completions_per_prompt, len(cfg.pool), cfg.output)
+    log.info(
+        "generate: %d prompts x %d completions from %d teacher(s) -> %s",
+        len(prompts),
+        cfg.completions_per_prompt,
+        len(cfg.pool),
+        cfg.output,
+    )
     with BackendPool() as backends:
         for teacher in cfg.pool:  # load every model before the clock starts; a bad spec fails here
             backends.get(teacher.spec)
-        return run_stage("generate", [(p["prompt_id"], p) for p in prompts],
-                         lambda p: complete_prompt(cfg, backends, p), Path(cfg.output),
-                         concurrency=cfg.concurrency, settings=cfg.settings(), bad_input=bad, progress=cfg.progress)
+        return run_stage(
+            "generate",
+            [(p["prompt_id"], p) for p in prompts],
+            lambda p: complete_prompt(cfg, backends, p),
+            Path(cfg.output),
+            concurrency=cfg.concurrency,
+            settings=cfg.settings(),
+            bad_input=bad,
+            progress=cfg.progress,
+        )
 
 
 # ---- command line -----------------------------------------------------------------------------------
@@ -263,4 +342,3 @@ add_arguments = cli.add_arguments
 
 def run(args, extra) -> int:
     return cli.run_stage(GenerateConfig, generate, args, extra)
-

@@ -52,15 +52,21 @@ class NearDuplicates:
 
     def signature(self, text: str) -> np.ndarray:
         tokens = words(text)
-        shingles = {" ".join(tokens[i : i + self.shingle]) for i in range(max(1, len(tokens) - self.shingle + 1))}
+        shingles = {
+            " ".join(tokens[i : i + self.shingle]) for i in range(max(1, len(tokens) - self.shingle + 1))
+        }
         hashes = np.fromiter((zlib.crc32(s.encode("utf-8")) & _PRIME for s in shingles), dtype=np.int64)
-        return ((self._a[:, None] * hashes[None, :] + self._b[:, None]) % _PRIME).min(axis=1).astype(np.uint32)
+        return (
+            ((self._a[:, None] * hashes[None, :] + self._b[:, None]) % _PRIME).min(axis=1).astype(np.uint32)
+        )
 
     def check_and_add(self, key: str, text: str) -> str | None:
         """The key of an earlier near-duplicate of ``text``; otherwise None, and ``text`` is remembered."""
         sig = self.signature(text)
         bands = [sig[i * self.rows : (i + 1) * self.rows].tobytes() for i in range(self.bands)]
-        candidates = {j for band, bucket in zip(bands, self._buckets, strict=True) for j in bucket.get(band, ())}
+        candidates = {
+            j for band, bucket in zip(bands, self._buckets, strict=True) for j in bucket.get(band, ())
+        }
         for j in sorted(candidates):
             if float(np.mean(self._signatures[j] == sig)) >= self.threshold:
                 return self._keys[j]

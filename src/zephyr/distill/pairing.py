@@ -88,15 +88,25 @@ def pair_row(row: dict, cfg: PairRules) -> tuple[dict | None, str]:
         return None, "too_few_ratings"
     best = max(range(len(scored)), key=lambda i: (scored[i][0], -i))  # the first of the top scores
     top = scored[best][0]
-    candidates = [i for i, (s, _) in enumerate(scored)
-                  if i != best and top - s >= cfg.min_score_gap and (cfg.ties == "keep" or s < top)]
+    candidates = [
+        i
+        for i, (s, _) in enumerate(scored)
+        if i != best and top - s >= cfg.min_score_gap and (cfg.ties == "keep" or s < top)
+    ]
     if not candidates:
         return None, "only_ties" if all(s == top for s, _ in scored) else "below_min_score_gap"
     worse = stable_rng("binarize", cfg.seed, prompt_id).choice(candidates)
     chosen = prompt + [{"role": "assistant", "content": scored[best][1]}]
     rejected = prompt + [{"role": "assistant", "content": scored[worse][1]}]
-    pair = {"prompt": prompt[-1]["content"], "prompt_id": prompt_id, "chosen": chosen, "rejected": rejected,
-            "messages": chosen, "score_chosen": top, "score_rejected": scored[worse][0]}
+    pair = {
+        "prompt": prompt[-1]["content"],
+        "prompt_id": prompt_id,
+        "chosen": chosen,
+        "rejected": rejected,
+        "messages": chosen,
+        "score_chosen": top,
+        "score_rejected": scored[worse][0],
+    }
     return pair, "tie" if scored[worse][0] == top else "pair"
 
 

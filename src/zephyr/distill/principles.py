@@ -50,7 +50,12 @@ PRINCIPLE_PROMPTS: dict[str, list[str]] = {
     ],
 }
 
-DEFAULT_PRINCIPLE_WEIGHTS = {"helpfulness": 0.4, "honesty": 0.2, "truthfulness": 0.2, "verbalized_calibration": 0.2}
+DEFAULT_PRINCIPLE_WEIGHTS = {
+    "helpfulness": 0.4,
+    "honesty": 0.2,
+    "truthfulness": 0.2,
+    "verbalized_calibration": 0.2,
+}
 
 
 def stable_rng(*parts: object) -> random.Random:
@@ -70,8 +75,14 @@ def principle_catalogue(custom: dict[str, list[str]] | None) -> dict[str, list[s
     for name, texts in (custom or {}).items():
         if isinstance(texts, str):
             texts = [texts]
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-            raise ConfigError(f"`principle_prompts.{name}` must be a non-empty list of system prompts; got {texts!r}")
+        if (
+            not isinstance(texts, list)
+            or not texts
+            or not all(isinstance(t, str) and t.strip() for t in texts)
+        ):
+            raise ConfigError(
+                f"`principle_prompts.{name}` must be a non-empty list of system prompts; got {texts!r}"
+            )
         catalogue[name] = texts
     return catalogue
 
@@ -81,15 +92,19 @@ def check_weights(weights: dict[str, float], catalogue: dict[str, list[str]], wh
         raise ConfigError(f"`{where}` must map principle names to weights; got {weights!r}")
     for name, w in weights.items():
         if name != NO_PRINCIPLE and name not in catalogue:
-            raise ConfigError(f"`{where}` names principle `{name}`, which has no system prompts; known: "
-                              f"{', '.join(sorted(catalogue) + [NO_PRINCIPLE])} (add wordings with `principle_prompts`)")
+            raise ConfigError(
+                f"`{where}` names principle `{name}`, which has no system prompts; known: "
+                f"{', '.join(sorted(catalogue) + [NO_PRINCIPLE])} (add wordings with `principle_prompts`)"
+            )
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
             raise ConfigError(f"`{where}.{name}` must be a non-negative number; got {w!r}")
     if sum(weights.values()) <= 0:
         raise ConfigError(f"`{where}` has no positive weight")
 
 
-def draw_principle(rng: random.Random, weights: dict[str, float], catalogue: dict[str, list[str]]) -> tuple[str, str | None]:
+def draw_principle(
+    rng: random.Random, weights: dict[str, float], catalogue: dict[str, list[str]]
+) -> tuple[str, str | None]:
     """A principle by weight and one of its wordings (None for the `none` principle)."""
     names = sorted(weights)  # sorted: the draw must not depend on the order keys were written in
     name = rng.choices(names, weights=[weights[n] for n in names])[0]

@@ -83,8 +83,17 @@ class Completion:
         return out
 
 
-_COMPLETION_KEYS = ("model", "teacher", "principle", "custom_system_prompt", "temperature", "response",
-                    "finish_reason", "prompt_tokens", "completion_tokens")
+_COMPLETION_KEYS = (
+    "model",
+    "teacher",
+    "principle",
+    "custom_system_prompt",
+    "temperature",
+    "response",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+)
 
 
 @dataclass
@@ -111,9 +120,14 @@ class PromptRecord:
     judgments: list[Judgment] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        out = {"schema_version": SCHEMA_VERSION, "prompt_id": self.prompt_id, "prompt": self.prompt,
-               "messages": self.messages, **self.extra,
-               "completions": [c.to_json() for c in self.completions]}
+        out = {
+            "schema_version": SCHEMA_VERSION,
+            "prompt_id": self.prompt_id,
+            "prompt": self.prompt,
+            "messages": self.messages,
+            **self.extra,
+            "completions": [c.to_json() for c in self.completions],
+        }
         if self.judge is not None:
             out["judge"] = self.judge
             out["judgments"] = [j.__dict__ for j in self.judgments]
@@ -125,7 +139,9 @@ class PromptRecord:
         check_schema(row, loc)
         for key, kind in (("prompt_id", str), ("prompt", str), ("messages", list), ("completions", list)):
             if not isinstance(row.get(key), kind):
-                raise DataError(f"must be a {kind.__name__}, got {type(row.get(key)).__name__}", field=key, **loc)
+                raise DataError(
+                    f"must be a {kind.__name__}, got {type(row.get(key)).__name__}", field=key, **loc
+                )
         completions = [_completion(c, i, loc) for i, c in enumerate(row["completions"])]
         extra = {k: row[k] for k in CARRIED if row.get(k) is not None}
         return cls(row["prompt_id"], row["prompt"], row["messages"], completions, extra)
@@ -151,8 +167,12 @@ def check_schema(row: Any, loc: dict) -> None:
         raise DataError(f"must be a JSON object, got {type(row).__name__}", **loc)
     version = row.get("schema_version", SCHEMA_VERSION)
     if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise DataError(f"has schema_version {version!r}; this zephyr reads versions up to {SCHEMA_VERSION}: "
-                        "upgrade zephyr to read it", field="schema_version", **loc)
+        raise DataError(
+            f"has schema_version {version!r}; this zephyr reads versions up to {SCHEMA_VERSION}: "
+            "upgrade zephyr to read it",
+            field="schema_version",
+            **loc,
+        )
 
 
 # ---- reading ----------------------------------------------------------------------------------------
@@ -175,7 +195,9 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[dict, Any]]:
                 yield loc, DataError(f"malformed JSON ({exc})", **loc)
 
 
-def source_rows(spec: str, *, split: str | None = None, config: str | None = None) -> Iterator[tuple[dict, Any, list[str]]]:
+def source_rows(
+    spec: str, *, split: str | None = None, config: str | None = None
+) -> Iterator[tuple[dict, Any, list[str]]]:
     """``(location, raw row or DataError, the part's column names)`` for every row of any data source that
     ``zephyr.data.read_source`` reads, so a stage can report each bad row instead of stopping at the first."""
     from zephyr.data import read_source
@@ -209,7 +231,9 @@ class RowLog:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
-            raise ZephyrError(f"{self.path} is being written by another run; wait for it or use another output") from None
+            raise ZephyrError(
+                f"{self.path} is being written by another run; wait for it or use another output"
+            ) from None
         self._sync_every, self._last_sync = sync_every, time.monotonic()
 
     def existing(self) -> list[dict]:
@@ -217,8 +241,12 @@ class RowLog:
         data = self._read_all()
         end = data.rfind(b"\n") + 1
         if end < len(data):
-            log.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted run; its row "
-                        "will be redone", self.path, len(data) - end)
+            log.warning(
+                "%s: dropping an incomplete last line (%d bytes) left by an interrupted run; its row "
+                "will be redone",
+                self.path,
+                len(data) - end,
+            )
             os.ftruncate(self._fd, end)
         rows = []
         for number, raw in enumerate(data[:end].split(b"\n"), start=1):
@@ -226,8 +254,11 @@ class RowLog:
                 try:
                     rows.append(json.loads(raw))
                 except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    raise DataError(f"malformed JSON ({exc}); fix or remove the line to resume",
-                                    source=str(self.path), line=number) from None
+                    raise DataError(
+                        f"malformed JSON ({exc}); fix or remove the line to resume",
+                        source=str(self.path),
+                        line=number,
+                    ) from None
         return rows
 
     def _read_all(self) -> bytes:
@@ -332,8 +363,9 @@ def staging_dir(target: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.parent))
 
 
-def write_dataset_dir(output_dir: str | os.PathLike, splits: dict[str, list[dict]], features,
-                      report_name: str, report: dict) -> None:
+def write_dataset_dir(
+    output_dir: str | os.PathLike, splits: dict[str, list[dict]], features, report_name: str, report: dict
+) -> None:
     """Write splits as a `datasets` DatasetDict plus ``jsonl/<split>.jsonl`` and a JSON report, built in a
     staging directory beside ``output_dir`` and swapped in whole (readers never see half an output)."""
     from datasets import Dataset, DatasetDict
@@ -342,9 +374,14 @@ def write_dataset_dir(output_dir: str | os.PathLike, splits: dict[str, list[dict
     built = staging_dir(output_dir)
     try:
         empty = {k: [] for k in features}
-        DatasetDict({name: Dataset.from_list(rows, features=features) if rows else
-                     Dataset.from_dict(empty, features=features)
-                     for name, rows in splits.items()}).save_to_disk(str(built))
+        DatasetDict(
+            {
+                name: Dataset.from_list(rows, features=features)
+                if rows
+                else Dataset.from_dict(empty, features=features)
+                for name, rows in splits.items()
+            }
+        ).save_to_disk(str(built))
         for name, rows in splits.items():
             write_atomic(built / "jsonl" / f"{name}.jsonl", jsonl_text(rows))
         write_json(built / report_name, report)

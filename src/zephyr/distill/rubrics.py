@@ -29,7 +29,7 @@ RUBRICS = {
     "instruction_following": Rubric(
         title="Instruction following",
         focus="how closely each text does what the instruction asks: the task itself and every constraint it "
-              "sets (format, length, style, audience, language). Judge compliance only, not correctness.",
+        "sets (format, length, style, audience, language). Judge compliance only, not correctness.",
         scale=(
             "Off task: ignores the instruction or answers a different question.",
             "Touches the task but misses most of what was asked, or breaks its main constraints.",
@@ -42,8 +42,8 @@ RUBRICS = {
     "honesty": Rubric(
         title="Honesty and calibrated confidence",
         focus="whether each text's confidence matches its correctness: sure where it is right, open about "
-              "doubt where doubt is due, willing to say it does not know, and never confidently wrong. "
-              "Phrases such as 'I think' or 'probably', or a stated confidence level, count as expressed doubt.",
+        "doubt where doubt is due, willing to say it does not know, and never confidently wrong. "
+        "Phrases such as 'I think' or 'probably', or a stated confidence level, count as expressed doubt.",
         scale=(
             "Confidently wrong: states incorrect content with no sign of doubt.",
             "Major errors stated with confidence, or wrong while hedging.",
@@ -52,12 +52,16 @@ RUBRICS = {
             "Right but needlessly unsure, or points out the small mistakes it might be making.",
             "Right and confident, or precise about exactly what it is unsure of.",
         ),
-        brief=("how honest each text is about what it knows", "confidently wrong", "right, or open about its doubts"),
+        brief=(
+            "how honest each text is about what it knows",
+            "confidently wrong",
+            "right, or open about its doubts",
+        ),
     ),
     "truthfulness": Rubric(
         title="Truthfulness (no hallucination)",
         focus="whether each text avoids made-up or false content, judged against well-established knowledge "
-              "and against what the instruction itself says.",
+        "and against what the instruction itself says.",
         scale=(
             "Entirely unreliable: the content is made up throughout.",
             "Severe hallucination: a large part is false or departs from the instruction's content.",
@@ -76,8 +80,8 @@ RUBRICS = {
     "helpfulness": Rubric(
         title="Helpfulness and informativeness",
         focus="how useful each text is to the person asking: correct, clear and relevant, informative enough "
-              "to act on, and not padded or repetitive. Correctness comes first: a wrong answer is not helpful "
-              "however long it is.",
+        "to act on, and not padded or repetitive. Correctness comes first: a wrong answer is not helpful "
+        "however long it is.",
         scale=(
             "Seriously wrong or fabricated, even if it contains some useful detail.",
             "Partly wrong in a way that would mislead the reader.",
@@ -95,7 +99,9 @@ RUBRICS = {
     ),
 }
 
-JUDGE_SYSTEM = "You are a careful, impartial evaluator of AI assistant replies. You follow the answer format exactly."
+JUDGE_SYSTEM = (
+    "You are a careful, impartial evaluator of AI assistant replies. You follow the answer format exactly."
+)
 COMPACT_SYSTEM = "You are a strict grader. You answer only with ratings, in the exact format asked for."
 
 
@@ -144,24 +150,32 @@ def compact_prompt(aspect: str, instruction: str, texts: list[str]) -> str:
     again after them (small models follow what they read last), and the answer is one line per text."""
     what, low, high = RUBRICS[aspect].brief
     body = "\n\n".join(f"Text {i}:\n{text}" for i, text in enumerate(texts, start=1))
-    return (f"Rate {what} below, from 1 ({low}) to 5 ({high}).\n\nInstruction: {instruction}\n\n{body}\n\n"
-            f"Now rate {what}, from 1 to 5. Answer in this format:\n{rating_lines(len(texts))}")
+    return (
+        f"Rate {what} below, from 1 ({low}) to 5 ({high}).\n\nInstruction: {instruction}\n\n{body}\n\n"
+        f"Now rate {what}, from 1 to 5. Answer in this format:\n{rating_lines(len(texts))}"
+    )
 
 
 def aspect_messages(aspect: str, instruction: str, texts: list[str], rationale: bool = True) -> list[dict]:
     """The judge request for one aspect: the full rubric with rationales, or (``rationale=False``) the
     compact ratings-only form."""
     if rationale:
-        return [{"role": "system", "content": JUDGE_SYSTEM},
-                {"role": "user", "content": aspect_prompt(aspect, instruction, texts)}]
-    return [{"role": "system", "content": COMPACT_SYSTEM},
-            {"role": "user", "content": compact_prompt(aspect, instruction, texts)}]
+        return [
+            {"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": aspect_prompt(aspect, instruction, texts)},
+        ]
+    return [
+        {"role": "system", "content": COMPACT_SYSTEM},
+        {"role": "user", "content": compact_prompt(aspect, instruction, texts)},
+    ]
 
 
 def repair_messages(original: list[dict], reply: str, problem: str, n: int) -> list[dict]:
     """The one follow-up after an unreadable reply: say what was wrong and ask for the ratings alone."""
-    ask = (f"Your answer could not be read ({problem}). Reply again with exactly {n} line(s) in this format "
-           f"and nothing else:\n{rating_lines(n)}")
+    ask = (
+        f"Your answer could not be read ({problem}). Reply again with exactly {n} line(s) in this format "
+        f"and nothing else:\n{rating_lines(n)}"
+    )
     return [*original, {"role": "assistant", "content": reply}, {"role": "user", "content": ask}]
 
 

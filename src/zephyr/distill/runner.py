@@ -50,12 +50,16 @@ class StageResult:
 
     def summary(self) -> str:
         rate = self.tokens / self.seconds if self.seconds else 0.0
-        text = (f"{self.stage}: {self.resumed + self.written}/{self.total} rows in {self.output} "
-                f"({self.written} new, {self.resumed} from an earlier run; {self.tokens} tokens, "
-                f"{self.seconds:.1f} s, {rate:.1f} tok/s)")
+        text = (
+            f"{self.stage}: {self.resumed + self.written}/{self.total} rows in {self.output} "
+            f"({self.written} new, {self.resumed} from an earlier run; {self.tokens} tokens, "
+            f"{self.seconds:.1f} s, {rate:.1f} tok/s)"
+        )
         if not self.complete:
-            text += (f"; {self.failed} row(s) failed and {self.bad_input} input row(s) were unreadable, "
-                     f"see {self.failures}; rerun to retry the failed rows")
+            text += (
+                f"; {self.failed} row(s) failed and {self.bad_input} input row(s) were unreadable, "
+                f"see {self.failures}; rerun to retry the failed rows"
+            )
         return text
 
 
@@ -80,9 +84,17 @@ def check_settings(output: Path, settings: dict, has_rows: bool) -> None:
     write_json(path, settings)
 
 
-def run_stage(stage: str, items: Sequence[tuple[str, Any]], work: Work, output: str | Path, *,
-              concurrency: int, settings: dict, bad_input: Sequence[DataError] = (),
-              progress: bool = True) -> StageResult:
+def run_stage(
+    stage: str,
+    items: Sequence[tuple[str, Any]],
+    work: Work,
+    output: str | Path,
+    *,
+    concurrency: int,
+    settings: dict,
+    bad_input: Sequence[DataError] = (),
+    progress: bool = True,
+) -> StageResult:
     """Work every ``(key, payload)`` whose key is not yet in ``output``, writing rows as they finish."""
     output = Path(output)
     started = time.monotonic()
@@ -91,22 +103,46 @@ def run_stage(stage: str, items: Sequence[tuple[str, Any]], work: Work, output: 
         done = {row.get("prompt_id") for row in rows.existing()}
         check_settings(output, settings, bool(done))
         for err in bad_input:
-            failures.add({"stage": stage, "kind": "bad_input", "source": err.source, "line": err.line,
-                          "row": err.row, "field": err.field, "error": err.reason})
+            failures.add(
+                {
+                    "stage": stage,
+                    "kind": "bad_input",
+                    "source": err.source,
+                    "line": err.line,
+                    "row": err.row,
+                    "field": err.field,
+                    "error": err.reason,
+                }
+            )
         pending = [(k, p) for k, p in items if k not in done]
         resumed = len(items) - len(pending)
         if resumed:
             log.info("%s: resuming; %d of %d rows are already in %s", stage, resumed, len(items), output)
-        bar = tqdm(total=len(items), initial=resumed, desc=stage, unit="row", disable=not progress,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=len(items),
+            initial=resumed,
+            desc=stage,
+            unit="row",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         try:
             written, tokens = _drive(stage, pending, work, rows, failures, bar, concurrency)
         finally:
             bar.close()
             failures.close()
-    return StageResult(stage, output, len(items), resumed, written, failures.count - len(bad_input),
-                       len(bad_input), tokens, time.monotonic() - started,
-                       failures.path if failures.count else None)
+    return StageResult(
+        stage,
+        output,
+        len(items),
+        resumed,
+        written,
+        failures.count - len(bad_input),
+        len(bad_input),
+        tokens,
+        time.monotonic() - started,
+        failures.path if failures.count else None,
+    )
 
 
 def _drive(stage, pending, work, rows: RowLog, failures: EventLog, bar, concurrency: int) -> tuple[int, int]:
@@ -130,14 +166,23 @@ def _drive(stage, pending, work, rows: RowLog, failures: EventLog, bar, concurre
                 written, tokens = written + 1, tokens + used
             elif isinstance(error, ZephyrError):
                 failed += 1
-                failures.add({"stage": stage, "kind": "row_failed", "prompt_id": key, "error": str(error),
-                              "attempts": getattr(error, "attempts", 1)})
+                failures.add(
+                    {
+                        "stage": stage,
+                        "kind": "row_failed",
+                        "prompt_id": key,
+                        "error": str(error),
+                        "attempts": getattr(error, "attempts", 1),
+                    }
+                )
                 tqdm.write(f"{stage}: row {key} failed: {error}")
             else:
                 raise error
             bar.update()
             elapsed = max(time.monotonic() - started, 1e-9)
-            bar.set_postfix_str(f"{written / elapsed:.2f} rows/s, {tokens / elapsed:.1f} tok/s, {failed} failed")
+            bar.set_postfix_str(
+                f"{written / elapsed:.2f} rows/s, {tokens / elapsed:.1f} tok/s, {failed} failed"
+            )
             nxt = next(feed, None)
             if nxt is not None:
                 pool.submit(*nxt)
@@ -155,8 +200,9 @@ class _Workers:
         self._work = work
         self._todo: queue.Queue = queue.Queue()
         self._done: queue.Queue = queue.Queue()
-        self._threads = [threading.Thread(target=self._loop, daemon=True, name=f"zephyr-row-{i}")
-                         for i in range(count)]
+        self._threads = [
+            threading.Thread(target=self._loop, daemon=True, name=f"zephyr-row-{i}") for i in range(count)
+        ]
         for t in self._threads:
             t.start()
 

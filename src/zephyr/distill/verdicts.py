@@ -114,7 +114,11 @@ def _types(segment: str, n_types: int) -> list[int] | None:
         return []
     numbers = re.findall(r"\d+", value)
     picked = sorted({int(x) for x in numbers})
-    if not picked or re.sub(r"\band\b|[\d\s,;/&]", "", value.lower()) or not all(1 <= x <= n_types for x in picked):
+    if (
+        not picked
+        or re.sub(r"\band\b|[\d\s,;/&]", "", value.lower())
+        or not all(1 <= x <= n_types for x in picked)
+    ):
         return None
     return picked
 

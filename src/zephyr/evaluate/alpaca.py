@@ -38,7 +38,9 @@ DEFAULT_DATASET = "zephyr_mini"
 
 def _text(value, source: str, field: str, line: int | None = None, row: int | None = None) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise DataError(f"must be a non-empty string, got {value!r:.60}", source=source, line=line, row=row, field=field)
+        raise DataError(
+            f"must be a non-empty string, got {value!r:.60}", source=source, line=line, row=row, field=field
+        )
     return value
 
 
@@ -56,10 +58,14 @@ def load_instructions(path: str | Path) -> list[dict]:
     out, seen = [], set()
     for line, index, row in rows:
         if not isinstance(row, dict):
-            raise DataError(f"must be an object, got {type(row).__name__}", source=str(path), line=line, row=index)
+            raise DataError(
+                f"must be an object, got {type(row).__name__}", source=str(path), line=line, row=index
+            )
         instruction = _text(row.get("instruction"), str(path), "instruction", line, index)
         if instruction in seen:
-            raise DataError("duplicate instruction", source=str(path), line=line, row=index, field="instruction")
+            raise DataError(
+                "duplicate instruction", source=str(path), line=line, row=index, field="instruction"
+            )
         seen.add(instruction)
         out.append({"instruction": instruction, "dataset": str(row.get("dataset") or DEFAULT_DATASET)})
     if not out:
@@ -78,16 +84,31 @@ def load_outputs(path: str | Path) -> list[dict]:
             raise DataError(f"must be an object, got {type(row).__name__}", source=str(path), row=i)
         instruction = _text(row.get("instruction"), str(path), "instruction", row=i)
         if not isinstance(row.get("output"), str):
-            raise DataError(f"must be a string, got {row.get('output')!r:.60}", source=str(path), row=i, field="output")
+            raise DataError(
+                f"must be a string, got {row.get('output')!r:.60}", source=str(path), row=i, field="output"
+            )
         generator = _text(row.get("generator"), str(path), "generator", row=i)
-        out.append({"instruction": instruction, "output": row["output"], "generator": generator,
-                    "dataset": str(row.get("dataset") or DEFAULT_DATASET)})  # fmt: skip
+        out.append(
+            {
+                "instruction": instruction,
+                "output": row["output"],
+                "generator": generator,
+                "dataset": str(row.get("dataset") or DEFAULT_DATASET),
+            }
+        )
     return out
 
 
-def generate_outputs(backend: Backend, instructions: Sequence[dict], generator: str, out_file: str | Path,
-                     params: GenerationParams, *, concurrency: int = DEFAULT_CONCURRENCY,
-                     save_every: int = 16) -> list[dict]:
+def generate_outputs(
+    backend: Backend,
+    instructions: Sequence[dict],
+    generator: str,
+    out_file: str | Path,
+    params: GenerationParams,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    save_every: int = 16,
+) -> list[dict]:
     """Outputs for every instruction, in instruction order. Instructions already in ``out_file`` are kept;
     the file is rewritten every ``save_every`` new outputs and at the end, so a rerun resumes."""
     out_file = Path(out_file)
@@ -106,16 +127,25 @@ def generate_outputs(backend: Backend, instructions: Sequence[dict], generator: 
     def keep(index: int, text: str) -> None:
         nonlocal unsaved
         x = todo[index]
-        done[x["instruction"]] = {"instruction": x["instruction"], "output": text.strip(), "generator": generator,
-                                  "dataset": x["dataset"]}  # fmt: skip
+        done[x["instruction"]] = {
+            "instruction": x["instruction"],
+            "output": text.strip(),
+            "generator": generator,
+            "dataset": x["dataset"],
+        }
         unsaved += 1
         if unsaved >= save_every:
             write()
             unsaved = 0
 
     try:
-        run_jobs([job(x) for x in todo], keep, concurrency=concurrency, desc=f"outputs ({generator})",
-                 unit="instruction")  # fmt: skip
+        run_jobs(
+            [job(x) for x in todo],
+            keep,
+            concurrency=concurrency,
+            desc=f"outputs ({generator})",
+            unit="instruction",
+        )
     finally:
         if unsaved or not out_file.is_file():
             write()
@@ -128,14 +158,18 @@ def is_switched(instruction: str, seed: int = 0) -> bool:
     return bool(digest[0] & 1)
 
 
-def pair_with_references(outputs: Sequence[dict], references: Sequence[dict], source: str) -> list[tuple[dict, dict]]:
+def pair_with_references(
+    outputs: Sequence[dict], references: Sequence[dict], source: str
+) -> list[tuple[dict, dict]]:
     """(reference, model output) for each model output; an instruction with no reference is an error."""
     by_instruction = {r["instruction"]: r for r in references}
     missing = [o["instruction"] for o in outputs if o["instruction"] not in by_instruction]
     if missing:
         shown = "; ".join(repr(m[:60]) for m in missing[:3])
-        raise ConfigError(f"{source} has no reference output for {len(missing)} instruction(s), e.g. {shown}; "
-                          "pass reference outputs for the same instructions with `--reference-outputs`")  # fmt: skip
+        raise ConfigError(
+            f"{source} has no reference output for {len(missing)} instruction(s), e.g. {shown}; "
+            "pass reference outputs for the same instructions with `--reference-outputs`"
+        )
     return [(by_instruction[o["instruction"]], o) for o in outputs]
 
 
@@ -145,13 +179,25 @@ def annotation_key(a: dict) -> tuple:
 
 def base_annotation(ref: dict, out: dict, annotator: str) -> dict:
     """An annotation before the verdict: the reference is output_1, the model output_2."""
-    return {"instruction": out["instruction"], "output_1": ref["output"], "generator_1": ref["generator"],
-            "dataset": out["dataset"], "output_2": out["output"], "generator_2": out["generator"],
-            "annotator": annotator}  # fmt: skip
+    return {
+        "instruction": out["instruction"],
+        "output_1": ref["output"],
+        "generator_1": ref["generator"],
+        "dataset": out["dataset"],
+        "output_2": out["output"],
+        "generator_2": out["generator"],
+        "annotator": annotator,
+    }
 
 
-def annotation_tasks(pairs: Sequence[tuple[dict, dict]], prompt: JudgePrompt, annotator: str, seed: int,
-                     done: dict, letter: bool = False) -> tuple[list[JudgeTask], list[dict]]:
+def annotation_tasks(
+    pairs: Sequence[tuple[dict, dict]],
+    prompt: JudgePrompt,
+    annotator: str,
+    seed: int,
+    done: dict,
+    letter: bool = False,
+) -> tuple[list[JudgeTask], list[dict]]:
     """Judge tasks for the pairs not yet annotated, and the annotations that need no judge (identical outputs).
     With ``letter`` the verdicts are the judge's first-token log-probs of "A" and "B", not its text."""
     tasks, free = [], []

@@ -108,13 +108,21 @@ _PROMPT_FIELDS = ("name", "type", "system_prompt", "prompt_template", "output_fo
 def _prompt_from_row(row: dict, source: str, line: int) -> JudgePrompt:
     for key in _PROMPT_FIELDS:
         if not isinstance(row.get(key), str):
-            raise DataError(f"must be a string, got {type(row.get(key)).__name__}", source=source, line=line, field=key)
+            raise DataError(
+                f"must be a string, got {type(row.get(key)).__name__}", source=source, line=line, field=key
+            )
     if row["type"] not in OUTPUT_FORMATS:
-        raise DataError(f"must be `single` or `pairwise`; got {row['type']!r}", source=source, line=line, field="type")
+        raise DataError(
+            f"must be `single` or `pairwise`; got {row['type']!r}", source=source, line=line, field="type"
+        )
     if row["output_format"] not in OUTPUT_FORMATS[row["type"]]:
         allowed = " or ".join(OUTPUT_FORMATS[row["type"]])
-        raise DataError(f"a {row['type']} prompt's output format must be {allowed}; got {row['output_format']!r}",
-                        source=source, line=line, field="output_format")  # fmt: skip
+        raise DataError(
+            f"a {row['type']} prompt's output format must be {allowed}; got {row['output_format']!r}",
+            source=source,
+            line=line,
+            field="output_format",
+        )
     extra = {k: str(row.get(k, "")) for k in ("category", "description")}
     return JudgePrompt(**{k: row[k] for k in _PROMPT_FIELDS}, **extra)
 
@@ -123,13 +131,18 @@ def load_judge_prompts(path: str | Path | None) -> PromptSet:
     """FastChat-format judge prompts from ``path``, or the project's defaults when ``path`` is None."""
     if path is None:
         prompts = {p.name: p for p in DEFAULT_PROMPTS}
-        return PromptSet(prompts, dict(zip(FASTCHAT_NAMES, (p.name for p in DEFAULT_PROMPTS), strict=True)),
-                         "the default judge prompts")  # fmt: skip
+        return PromptSet(
+            prompts,
+            dict(zip(FASTCHAT_NAMES, (p.name for p in DEFAULT_PROMPTS), strict=True)),
+            "the default judge prompts",
+        )
     prompts = {}
     for line, row in read_jsonl(path):
         prompt = _prompt_from_row(row, str(path), line)
         if prompt.name in prompts:
-            raise DataError(f"duplicate prompt name {prompt.name!r}", source=str(path), line=line, field="name")
+            raise DataError(
+                f"duplicate prompt name {prompt.name!r}", source=str(path), line=line, field="name"
+            )
         prompts[prompt.name] = prompt
     return PromptSet(prompts, dict(FASTCHAT_NAMES), str(path))
 
@@ -174,9 +187,16 @@ class JudgeTask:
     build: Callable[[list], dict]  # the judge's reply texts, or with `options` their option log-probs
 
 
-def run_tasks(backend: Backend, tasks: Sequence[JudgeTask], save: Callable[[dict], None], *,
-              max_tokens: int = JUDGE_MAX_TOKENS, concurrency: int = DEFAULT_CONCURRENCY,
-              desc: str = "judge", options: Sequence[str] | None = None) -> list[dict]:
+def run_tasks(
+    backend: Backend,
+    tasks: Sequence[JudgeTask],
+    save: Callable[[dict], None],
+    *,
+    max_tokens: int = JUDGE_MAX_TOKENS,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    desc: str = "judge",
+    options: Sequence[str] | None = None,
+) -> list[dict]:
     """Judge every task at temperature 0, many at once, calling ``save`` with each record as soon as it is
     made. With ``options`` the judge writes nothing: each task gets the log-probability of each option
     as the first token of the reply. A backend failure raises RunInterrupted after every finished record
@@ -189,7 +209,9 @@ def run_tasks(backend: Backend, tasks: Sequence[JudgeTask], save: Callable[[dict
     def job(task: JudgeTask):
         if options:
             return lambda: task.build(backend.option_logprobs(task.conversations, options))
-        return lambda: task.build([choices[0].text for choices in backend.generate(task.conversations, params)])
+        return lambda: task.build(
+            [choices[0].text for choices in backend.generate(task.conversations, params)]
+        )
 
     def keep(_: int, record: dict) -> None:
         save(record)
@@ -203,11 +225,11 @@ def run_tasks(backend: Backend, tasks: Sequence[JudgeTask], save: Callable[[dict
 
 _RATE = (
     "End with your rating of the response on a 1-to-10 scale, written in double square brackets exactly like "
-    "this: \"Rating: [[7]]\"."
+    'this: "Rating: [[7]]".'
 )
 _PICK = (
-    "After your comparison, give your verdict in double square brackets: \"[[A]]\" if assistant A's answer is "
-    "better, \"[[B]]\" if assistant B's answer is better, or \"[[C]]\" if they are equally good."
+    'After your comparison, give your verdict in double square brackets: "[[A]]" if assistant A\'s answer is '
+    'better, "[[B]]" if assistant B\'s answer is better, or "[[C]]" if they are equally good.'
 )
 _FAIR = (
     "Judge fairly: the order in which the answers appear, their length and the assistants' names must not sway "
@@ -242,73 +264,120 @@ _SYSTEM = "You are a careful, impartial evaluator of AI assistants."
 
 DEFAULT_PROMPTS = (  # in the order of FASTCHAT_NAMES
     JudgePrompt(
-        "zephyr-single", "single", _SYSTEM,
+        "zephyr-single",
+        "single",
+        _SYSTEM,
         "You will grade an AI assistant's answer to the question below. Weigh how helpful, relevant, accurate, "
-        "deep, creative and detailed it is. First explain your assessment in a few sentences. " + _RATE + "\n\n"
-        + _ONE + "[Assistant's Answer]\n{answer}\n[End of Assistant's Answer]",
-        "[[rating]]", "general", "Grade one answer to a single question.",
+        "deep, creative and detailed it is. First explain your assessment in a few sentences. "
+        + _RATE
+        + "\n\n"
+        + _ONE
+        + "[Assistant's Answer]\n{answer}\n[End of Assistant's Answer]",
+        "[[rating]]",
+        "general",
+        "Grade one answer to a single question.",
     ),
     JudgePrompt(
-        "zephyr-single-multi-turn", "single",
+        "zephyr-single-multi-turn",
+        "single",
         "You grade the second answer an AI assistant gives in a two-turn conversation. Weigh how helpful, "
         "relevant, accurate, deep, creative and detailed that second answer is, in the light of the first turn. "
         "First explain your assessment in a few sentences. " + _RATE + "\n\n",
-        _DIALOGUE, "[[rating]]", "general", "Grade the answer to the follow-up question.",
+        _DIALOGUE,
+        "[[rating]]",
+        "general",
+        "Grade the answer to the follow-up question.",
     ),
     JudgePrompt(
-        "zephyr-single-ref", "single", _SYSTEM,
+        "zephyr-single-ref",
+        "single",
+        _SYSTEM,
         "You will grade an AI assistant's answer to the question below for correctness and helpfulness. A "
         "reference answer is given: compare the assistant's answer with it, point out any mistakes and correct "
-        "them. " + _RATE + "\n\n" + _ONE + _REF_ONE
+        "them. "
+        + _RATE
+        + "\n\n"
+        + _ONE
+        + _REF_ONE
         + "[Assistant's Answer]\n{answer}\n[End of Assistant's Answer]",
-        "[[rating]]", "math", "Grade one answer against a reference answer.",
+        "[[rating]]",
+        "math",
+        "Grade one answer against a reference answer.",
     ),
     JudgePrompt(
-        "zephyr-single-ref-multi-turn", "single",
+        "zephyr-single-ref-multi-turn",
+        "single",
         "You grade the second answer an AI assistant gives in a two-turn conversation, for correctness and "
         "helpfulness. Reference answers to both questions are given: compare the assistant's second answer with "
         "the second reference answer, point out any mistakes and correct them. " + _RATE + "\n\n",
-        _REF_DIALOGUE + _DIALOGUE, "[[rating]]", "math", "Grade the follow-up answer against a reference.",
+        _REF_DIALOGUE + _DIALOGUE,
+        "[[rating]]",
+        "math",
+        "Grade the follow-up answer against a reference.",
     ),
     JudgePrompt(
-        "zephyr-pair", "pairwise",
+        "zephyr-pair",
+        "pairwise",
         "You compare two AI assistants' answers to the same question and decide which one follows the "
         "instructions and answers better, weighing helpfulness, relevance, accuracy, depth, creativity and "
         "detail. Explain your comparison briefly first. " + _FAIR + " " + _PICK,
-        _ONE + _PAIR_ANSWERS, "[[A]]", "general", "Compare two answers to one question.",
+        _ONE + _PAIR_ANSWERS,
+        "[[A]]",
+        "general",
+        "Compare two answers to one question.",
     ),
     JudgePrompt(
-        "zephyr-pair-multi-turn", "pairwise",
+        "zephyr-pair-multi-turn",
+        "pairwise",
         "You compare two AI assistants' conversations with the same user and decide which assistant answers the "
         "user's second question better, weighing helpfulness, relevance, accuracy, depth, creativity and detail. "
         "Explain your comparison briefly first. " + _FAIR + " " + _PICK,
-        _pair_dialogue("A") + "\n\n\n" + _pair_dialogue("B"), "[[A]]", "general",
+        _pair_dialogue("A") + "\n\n\n" + _pair_dialogue("B"),
+        "[[A]]",
+        "general",
         "Compare two answers to the follow-up question.",
     ),
     JudgePrompt(
-        "zephyr-pair-ref", "pairwise",
+        "zephyr-pair-ref",
+        "pairwise",
         "You compare two AI assistants' answers to the same question for correctness and helpfulness. A "
-        "reference answer is given: check both answers against it and note their mistakes. " + _FAIR + " "
+        "reference answer is given: check both answers against it and note their mistakes. "
+        + _FAIR
+        + " "
         + _PICK,
-        _ONE + _REF_ONE + _PAIR_ANSWERS, "[[A]]", "math", "Compare two answers against a reference.",
+        _ONE + _REF_ONE + _PAIR_ANSWERS,
+        "[[A]]",
+        "math",
+        "Compare two answers against a reference.",
     ),
     JudgePrompt(
-        "zephyr-pair-ref-multi-turn", "pairwise",
+        "zephyr-pair-ref-multi-turn",
+        "pairwise",
         "You compare two AI assistants' conversations with the same user, for the correctness and helpfulness of "
         "their answers to the second question. Reference answers are given: check both assistants against them "
         "and note their mistakes. " + _FAIR + " " + _PICK,
-        _REF_DIALOGUE + _pair_dialogue("A") + "\n\n\n" + _pair_dialogue("B"), "[[A]]", "math",
+        _REF_DIALOGUE + _pair_dialogue("A") + "\n\n\n" + _pair_dialogue("B"),
+        "[[A]]",
+        "math",
         "Compare two follow-up answers against a reference.",
     ),
-)  # fmt: skip
+)
 
 # Read from the judge's next-token distribution rather than its text (as AlpacaEval 2.0's weighted
 # annotators do with the API's log-probs): every verdict is readable, and the preference is graded.
 LETTER_PROMPT = JudgePrompt(
-    "zephyr-pair-letter", "pairwise", _SYSTEM,
+    "zephyr-pair-letter",
+    "pairwise",
+    _SYSTEM,
     "Two AI assistants answered the same instruction. Decide which answer follows the instruction better, "
-    "weighing helpfulness, relevance, accuracy and detail. " + _FAIR + "\n\n" + _ONE + _PAIR_ANSWERS
+    "weighing helpfulness, relevance, accuracy and detail. "
+    + _FAIR
+    + "\n\n"
+    + _ONE
+    + _PAIR_ANSWERS
     + "\n\nWhich answer is better? Reply with one letter only: A or B.",
-    "A|B", "general", "Compare two answers; the verdict is the probability of the first token being A or B.",
-)  # fmt: skip
+    "A|B",
+    "general",
+    "Compare two answers; the verdict is the probability of the first token being A or B.",
+)
 LETTER_OPTIONS = ("A", "B")

@@ -38,9 +38,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEMPERATURES = {
-    "writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
-    "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0,
-}  # fmt: skip
+    "writing": 0.7,
+    "roleplay": 0.7,
+    "extraction": 0.0,
+    "math": 0.0,
+    "coding": 0.0,
+    "reasoning": 0.0,
+    "stem": 0.1,
+    "humanities": 0.1,
+    "arena-hard-200": 0.0,
+}
 DEFAULT_TEMPERATURE = 0.7  # a category FastChat does not know
 GREEDY_BELOW = 1e-4
 MAX_NEW_TOKENS = 1024
@@ -69,18 +76,28 @@ class Question:
 def _question_id(row: dict, source: str, line: int):
     qid = row.get("question_id")
     if isinstance(qid, bool) or not isinstance(qid, (int, str)) or (isinstance(qid, str) and not qid.strip()):
-        raise DataError(f"must be an integer or a non-empty string, got {qid!r}", source=source, line=line,
-                        field="question_id")  # fmt: skip
+        raise DataError(
+            f"must be an integer or a non-empty string, got {qid!r}",
+            source=source,
+            line=line,
+            field="question_id",
+        )
     return qid
 
 
 def _turns(value, source: str, line: int, field: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
-        raise DataError(f"must be a non-empty list of strings, got {value!r:.60}", source=source, line=line, field=field)
+        raise DataError(
+            f"must be a non-empty list of strings, got {value!r:.60}", source=source, line=line, field=field
+        )
     for i, text in enumerate(value):
         if not isinstance(text, str) or not text.strip():
-            raise DataError(f"must be a non-empty string, got {text!r:.60}", source=source, line=line,
-                            field=f"{field}[{i}]")  # fmt: skip
+            raise DataError(
+                f"must be a non-empty string, got {text!r:.60}",
+                source=source,
+                line=line,
+                field=f"{field}[{i}]",
+            )
     return tuple(value)
 
 
@@ -90,12 +107,18 @@ def load_questions(path: str | Path) -> list[Question]:
     for line, row in read_jsonl(path):
         qid = _question_id(row, str(path), line)
         if qid in seen:
-            raise DataError(f"duplicate question_id {qid!r} (first on line {seen[qid]})", source=str(path), line=line,
-                            field="question_id")  # fmt: skip
+            raise DataError(
+                f"duplicate question_id {qid!r} (first on line {seen[qid]})",
+                source=str(path),
+                line=line,
+                field="question_id",
+            )
         seen[qid] = line
         category = row.get("category")
         if not isinstance(category, str) or not category.strip():
-            raise DataError(f"must be a non-empty string, got {category!r}", source=str(path), line=line, field="category")
+            raise DataError(
+                f"must be a non-empty string, got {category!r}", source=str(path), line=line, field="category"
+            )
         questions.append(Question(qid, category, _turns(row.get("turns"), str(path), line, "turns")))
     if not questions:
         raise DataError("holds no questions", source=str(path))
@@ -110,11 +133,17 @@ def load_answers(path: str | Path, *, tolerate_torn_tail: bool = False) -> dict:
         qid = _question_id(row, str(path), line)
         choices = row.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise DataError("must be a non-empty list of {index, turns} objects", source=str(path), line=line,
-                            field="choices")  # fmt: skip
+            raise DataError(
+                "must be a non-empty list of {index, turns} objects",
+                source=str(path),
+                line=line,
+                field="choices",
+            )
         turns = choices[0].get("turns")
         if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
-            raise DataError("must be a list of strings", source=str(path), line=line, field="choices[0].turns")
+            raise DataError(
+                "must be a list of strings", source=str(path), line=line, field="choices[0].turns"
+            )
         answers[qid] = row
     return answers
 
@@ -127,23 +156,32 @@ def check_answers(questions: Sequence[Question], answers: dict, model: str, sour
     """Every question answered, with an answer for every turn."""
     missing = [q.question_id for q in questions if q.question_id not in answers]
     if missing:
-        raise DataError(f"model `{model}` has no answer to question(s) {_ids(missing)}; generate them first",
-                        source=source)  # fmt: skip
+        raise DataError(
+            f"model `{model}` has no answer to question(s) {_ids(missing)}; generate them first",
+            source=source,
+        )
     short = [q.question_id for q in questions if len(answer_turns(answers[q.question_id])) < len(q.turns)]
     if short:
-        raise DataError(f"model `{model}` answered fewer turns than asked for question(s) {_ids(short)}", source=source)
+        raise DataError(
+            f"model `{model}` answered fewer turns than asked for question(s) {_ids(short)}", source=source
+        )
 
 
 def require_references(questions: Sequence[Question], references: dict | None, source: str) -> None:
     """Every math, reasoning and coding question needs a reference answer for each turn it is judged on."""
     needing = [q for q in questions if q.needs_reference]
     missing = [q.question_id for q in needing if q.question_id not in (references or {})]
-    short = [q.question_id for q in needing if q.question_id in (references or {})
-             and len(answer_turns(references[q.question_id])) < min(len(q.turns), 2)]  # fmt: skip
+    short = [
+        q.question_id
+        for q in needing
+        if q.question_id in (references or {})
+        and len(answer_turns(references[q.question_id])) < min(len(q.turns), 2)
+    ]
     if missing or short:
         cats = ", ".join(REFERENCE_CATEGORIES[:3])
         parts = ([f"no reference answer for question(s) {_ids(missing)}"] if missing else []) + (
-            [f"too few reference turns for question(s) {_ids(short)}"] if short else [])
+            [f"too few reference turns for question(s) {_ids(short)}"] if short else []
+        )
         raise ConfigError(
             f"{source}: {'; '.join(parts)}. MT-Bench judges {cats} questions against reference answers: pass a "
             "file that has them with `--reference-answers`, or `--no-reference` to judge them with the general "
@@ -179,8 +217,9 @@ def sampling_params(question: Question, max_new_tokens: int, seed: int):
     from zephyr.distill.backends import GenerationParams
 
     t = question.temperature
-    return GenerationParams(temperature=t if t >= GREEDY_BELOW else 0.0, top_p=1.0, max_tokens=max_new_tokens,
-                            seed=seed)  # fmt: skip
+    return GenerationParams(
+        temperature=t if t >= GREEDY_BELOW else 0.0, top_p=1.0, max_tokens=max_new_tokens, seed=seed
+    )
 
 
 def converse(backend: Backend, question: Question, max_new_tokens: int, seed: int = 0) -> list[str]:
@@ -196,17 +235,29 @@ def converse(backend: Backend, question: Question, max_new_tokens: int, seed: in
     return answers
 
 
-def generate_answers(backend: Backend, questions: Sequence[Question], model_id: str, answer_file: str | Path, *,
-                     max_new_tokens: int = MAX_NEW_TOKENS, num_choices: int = 1,
-                     concurrency: int = DEFAULT_CONCURRENCY) -> dict:
+def generate_answers(
+    backend: Backend,
+    questions: Sequence[Question],
+    model_id: str,
+    answer_file: str | Path,
+    *,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    num_choices: int = 1,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> dict:
     """Answer every question not yet in ``answer_file``, many at once; each answer is saved as soon as it is
     complete, so an interrupted run resumes. The file ends sorted by question id, one answer per question."""
     answer_file = Path(answer_file)
     done = load_answers(answer_file, tolerate_torn_tail=True) if answer_file.is_file() else {}
     todo = [q for q in questions if q.question_id not in done]
     if done and todo:
-        log.info("%s: %d of %d questions already answered; answering the other %d", answer_file,
-                 len(questions) - len(todo), len(questions), len(todo))  # fmt: skip
+        log.info(
+            "%s: %d of %d questions already answered; answering the other %d",
+            answer_file,
+            len(questions) - len(todo),
+            len(questions),
+            len(todo),
+        )
 
     def job(q: Question):
         return lambda: [converse(backend, q, max_new_tokens, seed=i) for i in range(num_choices)]
@@ -216,7 +267,9 @@ def generate_answers(backend: Backend, questions: Sequence[Question], model_id: 
         append_jsonl(answer_file, [record])
         done[record["question_id"]] = record
 
-    run_jobs([job(q) for q in todo], save, concurrency=concurrency, desc=f"answer ({model_id})", unit="question")
+    run_jobs(
+        [job(q) for q in todo], save, concurrency=concurrency, desc=f"answer ({model_id})", unit="question"
+    )
     write_jsonl(answer_file, [done[k] for k in sorted(done, key=_sort_key)])
     return done
 
@@ -228,24 +281,43 @@ def _sort_key(qid) -> tuple:
 # --- judge matches ------------------------------------------------------------------------------------
 
 
-def single_tasks(questions: Sequence[Question], answers: dict[str, dict], prompts: PromptSet, references: dict | None,
-                 judge: str) -> list[JudgeTask]:
+def single_tasks(
+    questions: Sequence[Question],
+    answers: dict[str, dict],
+    prompts: PromptSet,
+    references: dict | None,
+    judge: str,
+) -> list[JudgeTask]:
     """One task per (model, question, turn); turn 2 only for two-turn questions (as FastChat)."""
     tasks = []
     for model, model_answers in answers.items():
         for q in questions:
-            ref = answer_turns(references[q.question_id]) if references is not None and q.needs_reference else None
+            ref = (
+                answer_turns(references[q.question_id])
+                if references is not None and q.needs_reference
+                else None
+            )
             for turn in (1, 2) if len(q.turns) == 2 else (1,):
                 prompt = prompts.pick("single", ref is not None, turn == 2)
                 key = (q.question_id, model, judge, prompt.name, turn)
-                user = prompt.render(**_single_values(q, answer_turns(model_answers[q.question_id]), ref, turn))
+                user = prompt.render(
+                    **_single_values(q, answer_turns(model_answers[q.question_id]), ref, turn)
+                )
                 tasks.append(JudgeTask(key, [prompt.conversation(user)], _single_builder(key, user, prompt)))
     return tasks
 
 
 def _single_values(q: Question, answer: list[str], ref: list[str] | None, turn: int) -> dict:
-    values = ({"question": q.turns[0], "answer": answer[0]} if turn == 1 else
-              {"question_1": q.turns[0], "question_2": q.turns[1], "answer_1": answer[0], "answer_2": answer[1]})
+    values = (
+        {"question": q.turns[0], "answer": answer[0]}
+        if turn == 1
+        else {
+            "question_1": q.turns[0],
+            "question_2": q.turns[1],
+            "answer_1": answer[0],
+            "answer_2": answer[1],
+        }
+    )
     return values | _ref_values(ref, turn)
 
 
@@ -259,8 +331,16 @@ def _single_builder(key: tuple, user_prompt: str, prompt):
     qid, model, judge, _, turn = key
 
     def build(replies: list[str]) -> dict:
-        return {"question_id": qid, "model": model, "judge": [judge, prompt.name], "user_prompt": user_prompt,
-                "judgment": replies[0], "score": parse_rating(replies[0]), "turn": turn, "tstamp": time.time()}
+        return {
+            "question_id": qid,
+            "model": model,
+            "judge": [judge, prompt.name],
+            "user_prompt": user_prompt,
+            "judgment": replies[0],
+            "score": parse_rating(replies[0]),
+            "turn": turn,
+            "tstamp": time.time(),
+        }
 
     return build
 
@@ -270,21 +350,36 @@ def single_key(record: dict) -> tuple:
     return (record["question_id"], record["model"], judge, prompt_name, int(record["turn"]))
 
 
-def pair_tasks(questions: Sequence[Question], pairs: Sequence[tuple[str, str]], answers: dict[str, dict],
-               prompts: PromptSet, references: dict | None, judge: str) -> list[JudgeTask]:
+def pair_tasks(
+    questions: Sequence[Question],
+    pairs: Sequence[tuple[str, str]],
+    answers: dict[str, dict],
+    prompts: PromptSet,
+    references: dict | None,
+    judge: str,
+) -> list[JudgeTask]:
     """One task per (model pair, question, turn): two judge games, the second with positions swapped."""
     tasks = []
     for m1, m2 in pairs:
         for q in questions:
-            ref = answer_turns(references[q.question_id]) if references is not None and q.needs_reference else None
+            ref = (
+                answer_turns(references[q.question_id])
+                if references is not None and q.needs_reference
+                else None
+            )
             for turn in (1, 2) if len(q.turns) == 2 else (1,):
                 prompt = prompts.pick("pairwise", ref is not None, turn == 2)
                 key = (q.question_id, m1, m2, judge, prompt.name, turn)
                 a1, a2 = answer_turns(answers[m1][q.question_id]), answer_turns(answers[m2][q.question_id])
                 g1 = prompt.render(**_pair_values(q, a1, a2, ref, turn))
                 g2 = prompt.render(**_pair_values(q, a2, a1, ref, turn))
-                tasks.append(JudgeTask(key, [prompt.conversation(g1), prompt.conversation(g2)],
-                                       _pair_builder(key, g1, g2, prompt)))  # fmt: skip
+                tasks.append(
+                    JudgeTask(
+                        key,
+                        [prompt.conversation(g1), prompt.conversation(g2)],
+                        _pair_builder(key, g1, g2, prompt),
+                    )
+                )
     return tasks
 
 
@@ -292,8 +387,14 @@ def _pair_values(q: Question, a: list[str], b: list[str], ref: list[str] | None,
     if turn == 1:
         values = {"question": q.turns[0], "answer_a": a[0], "answer_b": b[0]}
     else:
-        values = {"question_1": q.turns[0], "question_2": q.turns[1], "answer_a_1": a[0], "answer_b_1": b[0],
-                  "answer_a_2": a[1], "answer_b_2": b[1]}  # fmt: skip
+        values = {
+            "question_1": q.turns[0],
+            "question_2": q.turns[1],
+            "answer_a_1": a[0],
+            "answer_b_1": b[0],
+            "answer_a_2": a[1],
+            "answer_b_2": b[1],
+        }
     return values | _ref_values(ref, turn)
 
 
@@ -304,29 +405,53 @@ def _pair_builder(key: tuple, g1_prompt: str, g2_prompt: str, prompt):
     def build(replies: list[str]) -> dict:
         g1 = parse_verdict(replies[0], prompt.output_format)
         g2 = parse_verdict(replies[1], prompt.output_format)
-        return {"question_id": qid, "model_1": m1, "model_2": m2, "g1_winner": g1_map.get(g1, g1),
-                "g2_winner": g2_map.get(g2, g2), "judge": [judge, prompt.name], "g1_user_prompt": g1_prompt,
-                "g1_judgment": replies[0], "g2_user_prompt": g2_prompt, "g2_judgment": replies[1], "turn": turn,
-                "tstamp": time.time()}  # fmt: skip
+        return {
+            "question_id": qid,
+            "model_1": m1,
+            "model_2": m2,
+            "g1_winner": g1_map.get(g1, g1),
+            "g2_winner": g2_map.get(g2, g2),
+            "judge": [judge, prompt.name],
+            "g1_user_prompt": g1_prompt,
+            "g1_judgment": replies[0],
+            "g2_user_prompt": g2_prompt,
+            "g2_judgment": replies[1],
+            "turn": turn,
+            "tstamp": time.time(),
+        }
 
     return build
 
 
 def pair_key(record: dict) -> tuple:
     judge, prompt_name = record["judge"]
-    return (record["question_id"], record["model_1"], record["model_2"], judge, prompt_name, int(record["turn"]))
+    return (
+        record["question_id"],
+        record["model_1"],
+        record["model_2"],
+        judge,
+        prompt_name,
+        int(record["turn"]),
+    )
 
 
 def load_judgments(path: str | Path, kind: str) -> list[dict]:
     """Judgment records (``kind`` single or pairwise), checked for the fields scoring reads."""
-    need = ("question_id", "model", "score", "turn") if kind == "single" else (
-        "question_id", "model_1", "model_2", "g1_winner", "g2_winner", "turn")
+    need = (
+        ("question_id", "model", "score", "turn")
+        if kind == "single"
+        else ("question_id", "model_1", "model_2", "g1_winner", "g2_winner", "turn")
+    )
     out = []
     for line, row in read_jsonl(path, tolerate_torn_tail=True):
         for key in need:
             if key not in row:
                 raise DataError("is missing", source=str(path), line=line, field=key)
-        if kind == "single" and (isinstance(row["score"], bool) or not isinstance(row["score"], (int, float))):
-            raise DataError(f"must be a number, got {row['score']!r}", source=str(path), line=line, field="score")
+        if kind == "single" and (
+            isinstance(row["score"], bool) or not isinstance(row["score"], (int, float))
+        ):
+            raise DataError(
+                f"must be a number, got {row['score']!r}", source=str(path), line=line, field="score"
+            )
         out.append(row)
     return out

@@ -87,12 +87,16 @@ def logp_metrics(scores: PairScores) -> dict[str, float]:
     }
 
 
-def reward_metrics(policy: PairScores, reference: PairScores, beta: float, loss_type: str = "sigmoid") -> dict:
+def reward_metrics(
+    policy: PairScores, reference: PairScores, beta: float, loss_type: str = "sigmoid"
+) -> dict:
     """Implicit-reward metrics of a DPO policy against its reference, under TRL's names."""
     losses, metrics = dpo_loss(
-        loss_type, {"logps": policy.logps, "logit_sums": policy.logit_sums, "lengths": policy.lengths},
-        reference.logps, beta,
-    )  # fmt: skip
+        loss_type,
+        {"logps": policy.logps, "logit_sums": policy.logit_sums, "lengths": policy.lengths},
+        reference.logps,
+        beta,
+    )
     chosen_r = beta * (policy.chosen - reference.chosen)
     rejected_r = beta * (policy.rejected - reference.rejected)
     _, se = _accuracy(chosen_r > rejected_r)

@@ -40,7 +40,9 @@ def read_jsonl(path: str | os.PathLike, *, tolerate_torn_tail: bool = False) -> 
             if tolerate_torn_tail and i == last:
                 log.warning("%s, line %d: ignoring an incomplete last record (%s)", path, i + 1, exc)
                 return
-            reason = "is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else f"malformed JSON: {exc.msg}"
+            reason = (
+                "is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else f"malformed JSON: {exc.msg}"
+            )
             raise DataError(reason, source=str(path), line=i + 1) from None
         if not isinstance(obj, dict):
             raise DataError(f"must be a JSON object, got {type(obj).__name__}", source=str(path), line=i + 1)
@@ -56,7 +58,9 @@ def read_json(path: str | os.PathLike) -> Any:
     except UnicodeDecodeError:
         raise DataError("is not valid UTF-8", source=str(path)) from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"malformed JSON: {exc.msg} (column {exc.colno})", source=str(path), line=exc.lineno) from None
+        raise DataError(
+            f"malformed JSON: {exc.msg} (column {exc.colno})", source=str(path), line=exc.lineno
+        ) from None
 
 
 def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:

@@ -27,8 +27,14 @@ class RunInterrupted(ZephyrError):
     """The backend failed mid-run; every finished result was saved, so rerunning resumes from there."""
 
 
-def run_jobs(jobs: Sequence[Callable[[], T]], on_done: Callable[[int, T], None], *,
-             concurrency: int = DEFAULT_CONCURRENCY, desc: str = "", unit: str = "job") -> None:
+def run_jobs(
+    jobs: Sequence[Callable[[], T]],
+    on_done: Callable[[int, T], None],
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    desc: str = "",
+    unit: str = "job",
+) -> None:
     """Run ``jobs`` on up to ``concurrency`` threads; call ``on_done(index, result)`` for each as it finishes.
 
     The first job to raise stops the run: jobs not yet started are cancelled, the ones in flight are
@@ -41,7 +47,9 @@ def run_jobs(jobs: Sequence[Callable[[], T]], on_done: Callable[[int, T], None],
 
     if not jobs:
         return
-    pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(jobs))), thread_name_prefix="zephyr-eval")
+    pool = ThreadPoolExecutor(
+        max_workers=max(1, min(concurrency, len(jobs))), thread_name_prefix="zephyr-eval"
+    )
     error: BaseException | None = None
     finished = 0
     with tqdm(total=len(jobs), desc=desc, unit=unit) as bar:

@@ -54,7 +54,9 @@ class SingleSummary:
         }
 
 
-def summarize_single(records: Iterable[Mapping], categories: Mapping | None = None) -> dict[str, SingleSummary]:
+def summarize_single(
+    records: Iterable[Mapping], categories: Mapping | None = None
+) -> dict[str, SingleSummary]:
     """Per-model single-grading summary of FastChat judgment records (``model``, ``score``, ``turn``).
 
     ``categories`` maps question_id -> category for the per-category means; without it they are empty.
@@ -109,9 +111,15 @@ class PairSummary:
         return (self.win + 0.5 * self.tie) / self.total
 
     def as_dict(self) -> dict:
-        return {"model": self.model, "win": self.win, "loss": self.loss, "tie": self.tie,
-                "win_rate": self.win_rate, "loss_rate": self.loss_rate,
-                "win_rate_adjusted": self.win_rate_adjusted}  # fmt: skip
+        return {
+            "model": self.model,
+            "win": self.win,
+            "loss": self.loss,
+            "tie": self.tie,
+            "win_rate": self.win_rate,
+            "loss_rate": self.loss_rate,
+            "win_rate_adjusted": self.win_rate_adjusted,
+        }
 
 
 def pair_outcome(g1_winner: str, g2_winner: str) -> str | None:

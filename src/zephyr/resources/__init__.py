@@ -25,5 +25,7 @@ def resolve_resource(spec: str) -> str:
     name = spec[len(PREFIX) :]
     path = _DIR / f"{name}.jsonl"
     if not path.is_file():
-        raise ConfigError(f"No shipped dataset {spec!r}; available: {', '.join(PREFIX + n for n in available())}")
+        raise ConfigError(
+            f"No shipped dataset {spec!r}; available: {', '.join(PREFIX + n for n in available())}"
+        )
     return str(path)

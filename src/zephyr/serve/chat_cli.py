@@ -6,8 +6,7 @@ from zephyr.serve_cli import add_model_arguments, build_engine, served_name
 
 HELP = "Chat with a model in the terminal (streamed replies; /reset, /system, /save, /exit)."
 DESCRIPTION = (
-    HELP
-    + "\n\nExample: zephyr chat smollm2-135m-instruct --system 'You are terse.' --temperature 0.7"
+    HELP + "\n\nExample: zephyr chat smollm2-135m-instruct --system 'You are terse.' --temperature 0.7"
     "\n         zephyr chat runs/demo/sft --prompt 'Give me three tips for writing a clear email.'"
 )
 
@@ -20,8 +19,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-tokens", type=int, default=512, help="Longest reply in tokens (default: 512)")
     parser.add_argument("--seed", type=int, default=None, help="Sampling seed, for repeatable replies")
     parser.add_argument("--stop", action="append", default=[], help="A stop string (repeatable)")
-    parser.add_argument("--prompt", default=None,
-                        help="Ask this one message, print the streamed reply and exit (no interactive session)")
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help="Ask this one message, print the streamed reply and exit (no interactive session)",
+    )
 
 
 def run(args, extra) -> int:
@@ -32,8 +34,13 @@ def run(args, extra) -> int:
 
     if sys.stdin.isatty():
         import readline  # noqa: F401 - importing it gives input() line editing and history
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            seed=args.seed, stop=tuple(args.stop))
+    params = SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
     with build_engine(args) as engine:
         session = ChatSession(engine, params, system=args.system, model_name=served_name(args.model))
         if args.prompt is not None:

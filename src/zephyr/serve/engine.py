@@ -79,8 +79,11 @@ class SamplingParams:
             ("temperature", self.temperature >= 0, "must be >= 0 (0 means greedy)"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
             ("n", self.n >= 1, "must be at least 1"),
-            ("top_logprobs", self.top_logprobs is None or 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
-             f"must be between 0 and {MAX_TOP_LOGPROBS}"),
+            (
+                "top_logprobs",
+                self.top_logprobs is None or 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
+                f"must be between 0 and {MAX_TOP_LOGPROBS}",
+            ),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -198,8 +201,16 @@ class RequestHandle:
         return self.completion()
 
     def completion(self) -> Completion:
-        choices = [Choice(r.index, r.text, r.token_ids, r.finish_reason or "length",
-                          r.logprobs if r.params.top_logprobs is not None else None) for r in self.rows]
+        choices = [
+            Choice(
+                r.index,
+                r.text,
+                r.token_ids,
+                r.finish_reason or "length",
+                r.logprobs if r.params.top_logprobs is not None else None,
+            )
+            for r in self.rows
+        ]
         return Completion(choices, self.prompt_tokens, self.completion_tokens)
 
 
@@ -233,8 +244,9 @@ class _Row:
             self.logprobs.append(self.pending_logprob)
             self.pending_logprob = None
         # No clean-up of spaces: it can rewrite already-streamed text ("a ," -> "a,") as tokens arrive.
-        self.text = engine.tokenizer.decode(self.token_ids, skip_special_tokens=True,
-                                            clean_up_tokenization_spaces=False)
+        self.text = engine.tokenizer.decode(
+            self.token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
         stop_at, hold = _scan_stops(self.text, self.params.stop, self.emitted)
         if stop_at is not None:
             return self.finish("stop", stop_at)
@@ -372,8 +384,17 @@ class Engine:
     ``max_pending`` bounds the queue of requests waiting for a slot.
     """
 
-    def __init__(self, model, tokenizer, *, max_batch_size: int = 32, max_model_len: int | None = None,
-                 default_max_tokens: int = 1024, max_prefill_tokens: int = 8192, max_pending: int = 4096):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_batch_size: int = 32,
+        max_model_len: int | None = None,
+        default_max_tokens: int = 1024,
+        max_prefill_tokens: int = 8192,
+        max_pending: int = 4096,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -396,8 +417,15 @@ class Engine:
         self._score_lock = threading.Lock()
 
     @classmethod
-    def from_spec(cls, spec: str, *, chat_template: str | None = None, dtype: str = "auto",
-                  device: str = "auto", **kwargs) -> Engine:
+    def from_spec(
+        cls,
+        spec: str,
+        *,
+        chat_template: str | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        **kwargs,
+    ) -> Engine:
         """Load a model spec (hub id, directory, .gguf, embedded alias, LoRA adapter) and build an engine."""
         from zephyr.models import LoadSettings, load_model, load_tokenizer
 
@@ -419,7 +447,9 @@ class Engine:
         try:
             return encode_prompt(self.tokenizer, messages)
         except TemplateError as exc:  # templates may refuse a conversation (e.g. roles that do not alternate)
-            raise InvalidRequest(f"The chat template rejected the conversation: {exc}", param="messages") from exc
+            raise InvalidRequest(
+                f"The chat template rejected the conversation: {exc}", param="messages"
+            ) from exc
 
     def encode_text(self, text: str) -> list[int]:
         from zephyr.chat import encode
@@ -432,20 +462,25 @@ class Engine:
         token's distribution instead of from sampled text. Calls are serialised so that many caller threads
         do not oversubscribe the cores; they run beside the generation worker, which they do not disturb."""
         if len(prompt_ids) > self.context_length:
-            raise InvalidRequest(f"The prompt has {len(prompt_ids)} tokens; the context holds {self.context_length}",
-                                 param="messages")  # fmt: skip
+            raise InvalidRequest(
+                f"The prompt has {len(prompt_ids)} tokens; the context holds {self.context_length}",
+                param="messages",
+            )
         ids = torch.tensor([list(prompt_ids)], device=self.model.device)
         with self._score_lock, torch.inference_mode():
             logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1, : self._vocab]
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         return [logprobs[c].item() for c in candidates]
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams | None = None, *, loop=None) -> RequestHandle:
+    def submit(
+        self, prompt_ids: list[int], params: SamplingParams | None = None, *, loop=None
+    ) -> RequestHandle:
         """Queue one prompt; raises InvalidRequest for a prompt or ``max_tokens`` that does not fit."""
         return self.submit_many([prompt_ids], params, loop=loop)
 
-    def submit_many(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None, *,
-                    loop=None) -> RequestHandle:
+    def submit_many(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None, *, loop=None
+    ) -> RequestHandle:
         """Queue several prompts as one request (their rows are admitted together)."""
         params = params or SamplingParams()
         if not prompts:
@@ -454,7 +489,9 @@ class Engine:
         if len(prompts) * params.n > self.max_batch_size:
             raise InvalidRequest(
                 f"{len(prompts)} prompt(s) x `n`={params.n} choices exceed the {self.max_batch_size} rows this "
-                "server batches; lower `n` or send fewer prompts per request", param="n")
+                "server batches; lower `n` or send fewer prompts per request",
+                param="n",
+            )
         limits = [self._max_new_tokens(p, params.max_tokens) for p in handle.prompts]
         handle.rows = [
             _Row(handle, i * params.n + j, prompt, limit, _generator(params, j))
@@ -474,23 +511,33 @@ class Engine:
         if room < 1:
             raise InvalidRequest(
                 f"The prompt has {len(prompt)} tokens but the context holds {self.context_length}; "
-                "shorten the conversation", param="messages")
+                "shorten the conversation",
+                param="messages",
+            )
         if asked is None:
             return min(room, self.default_max_tokens)
         if asked > room:
             raise InvalidRequest(
                 f"`max_tokens` is {asked} but only {room} tokens fit after the {len(prompt)}-token "
-                f"prompt (context {self.context_length}); lower `max_tokens`", param="max_tokens")
+                f"prompt (context {self.context_length}); lower `max_tokens`",
+                param="max_tokens",
+            )
         return asked
 
-    def generate(self, conversations: Sequence[Sequence[dict]], params: SamplingParams | None = None, *,
-                 progress: bool = False) -> list[Completion]:
+    def generate(
+        self,
+        conversations: Sequence[Sequence[dict]],
+        params: SamplingParams | None = None,
+        *,
+        progress: bool = False,
+    ) -> list[Completion]:
         """Replies to many conversations, batched, in input order. ``progress`` shows a tqdm bar."""
         prompts = [self.encode_chat(m) for m in conversations]  # a bad conversation fails before any work
         return self._run_all(prompts, params, progress, "generate")
 
-    def complete(self, prompts: Sequence[str], params: SamplingParams | None = None, *,
-                 progress: bool = False) -> list[Completion]:
+    def complete(
+        self, prompts: Sequence[str], params: SamplingParams | None = None, *, progress: bool = False
+    ) -> list[Completion]:
         """Continuations of raw text prompts (no chat template), batched, in input order."""
         return self._run_all([self.encode_text(p) for p in prompts], params, progress, "complete")
 
@@ -593,9 +640,14 @@ class Engine:
         device = self.model.device
         # A row's position is the count of its real tokens before this one, whatever the padding.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
-        out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                         position_ids=positions.to(device), use_cache=True, logits_to_keep=1,
-                         **{self._cache_arg: cache})
+        out = self.model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: cache},
+        )
         logits = out.logits[:, -1]
         if logits.shape[-1] > self._vocab:  # rows past the tokenizer's vocabulary are padding
             logits[:, self._vocab :] = float("-inf")

@@ -58,7 +58,11 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
         return "The request body is not valid JSON", None
     loc = [p for p in first.get("loc", ()) if p != "body"]
     param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or None
-    got = f" (got {first['input']!r})" if "input" in first and not isinstance(first["input"], dict | list) else ""
+    got = (
+        f" (got {first['input']!r})"
+        if "input" in first and not isinstance(first["input"], dict | list)
+        else ""
+    )
     return (f"`{param}`: {first.get('msg')}{got}" if param else f"{first.get('msg')}{got}"), param
 
 
@@ -134,7 +138,9 @@ class Handlers:
         self.engine, self.model_name = engine, model_name
 
     def models(self) -> api.ModelList:
-        return api.ModelList(data=[api.ModelCard(id=self.model_name, max_model_len=self.engine.context_length)])
+        return api.ModelList(
+            data=[api.ModelCard(id=self.model_name, max_model_len=self.engine.context_length)]
+        )
 
     async def chat(self, body: api.ChatCompletionRequest, request: Request):
         prompt = self.engine.encode_chat(body.conversation())
@@ -143,9 +149,15 @@ class Handlers:
         if body.stream:
             return _stream(self._chat_chunks(handle, rid, body.include_usage))
         result = await _await_unless_gone(handle, request)
-        choices = [api.ChatChoice(index=c.index, message=api.AssistantMessage(content=c.text),
-                                  finish_reason=c.finish_reason, logprobs=self._logprobs(c.logprobs))
-                   for c in result.choices]  # fmt: skip
+        choices = [
+            api.ChatChoice(
+                index=c.index,
+                message=api.AssistantMessage(content=c.text),
+                finish_reason=c.finish_reason,
+                logprobs=self._logprobs(c.logprobs),
+            )
+            for c in result.choices
+        ]
         return api.ChatCompletion(id=rid, model=self.model_name, choices=choices, usage=_usage(result))
 
     def _logprobs(self, tokens) -> api.ChoiceLogprobs | None:
@@ -160,18 +172,26 @@ class Handlers:
             t = text(token_id)
             return {"token": t, "logprob": logprob, "bytes": list(t.encode("utf-8"))}
 
-        return api.ChoiceLogprobs(content=[
-            api.TokenLogprobs(**entry(t.token_id, t.logprob),
-                              top_logprobs=[api.TopLogprob(**entry(i, lp)) for i, lp in t.top])
-            for t in tokens
-        ])  # fmt: skip
+        return api.ChoiceLogprobs(
+            content=[
+                api.TokenLogprobs(
+                    **entry(t.token_id, t.logprob),
+                    top_logprobs=[api.TopLogprob(**entry(i, lp)) for i, lp in t.top],
+                )
+                for t in tokens
+            ]
+        )
 
     async def _chat_chunks(self, handle: RequestHandle, rid: str, include_usage: bool) -> AsyncIterator[str]:
         def chunk(choices, usage=None):
             return sse(api.ChatCompletionChunk(id=rid, model=self.model_name, choices=choices, usage=usage))
 
-        yield chunk([api.ChunkChoice(index=r.index, delta=api.DeltaMessage(role="assistant", content=""))
-                     for r in handle.rows])
+        yield chunk(
+            [
+                api.ChunkChoice(index=r.index, delta=api.DeltaMessage(role="assistant", content=""))
+                for r in handle.rows
+            ]
+        )
         async for d in handle:
             delta = api.DeltaMessage(content=d.text or None)
             yield chunk([api.ChunkChoice(index=d.index, delta=delta, finish_reason=d.finish_reason)])
@@ -185,8 +205,9 @@ class Handlers:
         if body.stream:
             return _stream(self._text_chunks(handle, rid, body.include_usage))
         result = await _await_unless_gone(handle, request)
-        choices = [api.TextChoice(index=c.index, text=c.text, finish_reason=c.finish_reason)
-                   for c in result.choices]
+        choices = [
+            api.TextChoice(index=c.index, text=c.text, finish_reason=c.finish_reason) for c in result.choices
+        ]
         return api.TextCompletion(id=rid, model=self.model_name, choices=choices, usage=_usage(result))
 
     async def _text_chunks(self, handle: RequestHandle, rid: str, include_usage: bool) -> AsyncIterator[str]:
@@ -194,7 +215,11 @@ class Handlers:
             choice = api.TextChoice(index=d.index, text=d.text, finish_reason=d.finish_reason)
             yield sse(api.TextCompletion(id=rid, model=self.model_name, choices=[choice]))
         if include_usage:
-            yield sse(api.TextCompletion(id=rid, model=self.model_name, choices=[], usage=_usage(handle.completion())))
+            yield sse(
+                api.TextCompletion(
+                    id=rid, model=self.model_name, choices=[], usage=_usage(handle.completion())
+                )
+            )
 
 
 def _usage(result: Completion) -> api.Usage:
@@ -251,7 +276,9 @@ class ServerThread:
         self.host, self.port = host, self._socket.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
 
     @property
     def url(self) -> str:

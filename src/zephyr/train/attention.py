@@ -81,14 +81,20 @@ def packed_attention_forward(
             k = torch.cat([key[:, :, b.prefix_start : b.prefix_end], k], dim=2)
             v = torch.cat([value[:, :, b.prefix_start : b.prefix_end], v], dim=2)
             mask = _block_mask(b.end - b.start, b.prefix_end - b.prefix_start, query.device)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+            o = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa
+            )
         else:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+            o = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=dropout, scale=scaling, enable_gqa=gqa
+            )
         out[:, :, b.start : b.end] = o
     return out.transpose(1, 2).contiguous(), None
 
 
-def packed_attention_mask(*, q_length: int, kv_length: int, attention_mask: torch.Tensor | None = None, **kwargs):
+def packed_attention_mask(
+    *, q_length: int, kv_length: int, attention_mask: torch.Tensor | None = None, **kwargs
+):
     """The mask transformers builds for a model on this implementation.
 
     A packed row carries its structure in blocks, so no dense (L, L) mask is built for it. A model

@@ -34,9 +34,14 @@ def prepare_dpo_data(tokenizer, data_args: DataArguments, args: DPOConfig) -> di
         if name in splits and len(splits[name]):
             with args.main_process_first(desc=f"tokenizing {name}"):
                 out[name], _, _ = tokenize_preferences(
-                    splits[name], tokenizer, args.max_length, args.max_prompt_length, data_args.on_error,
-                    data_args.auto_insert_empty_system_msg, split=name,
-                )  # fmt: skip
+                    splits[name],
+                    tokenizer,
+                    args.max_length,
+                    args.max_prompt_length,
+                    data_args.on_error,
+                    data_args.auto_insert_empty_system_msg,
+                    split=name,
+                )
     if "train" not in out:
         raise ConfigError("The preference data has no training rows; check the dataset settings and splits")
     return out
@@ -47,7 +52,9 @@ def load_policy(model_args: ModelArguments, tokenizer):
     weights) train on top of the SFT model and disabling them gives back exactly the SFT model."""
     model = load_model(model_args.model_name_or_path, model_args.load_settings(), for_training=True)
     if hasattr(model, "merge_and_unload"):
-        log.info("Merging the SFT adapter of %s into its base model before DPO", model_args.model_name_or_path)
+        log.info(
+            "Merging the SFT adapter of %s into its base model before DPO", model_args.model_name_or_path
+        )
         model = model.merge_and_unload()
         model.config.use_cache = False
     fit_embeddings_to_tokenizer(model, tokenizer)
@@ -81,15 +88,23 @@ def precompute_all(data: dict, policy, model_args: ModelArguments, args: DPOConf
     collator = pair_collator(args, tokenizer.pad_token_id)
     for name in list(data):
         data[name] = precompute_reference_logps(
-            data[name], ref, collator, args.per_device_eval_batch_size, state, name,
-            args.ref_cache_dir, uses_packed_attention=args.padding_free,
-        )  # fmt: skip
+            data[name],
+            ref,
+            collator,
+            args.per_device_eval_batch_size,
+            state,
+            name,
+            args.ref_cache_dir,
+            uses_packed_attention=args.padding_free,
+        )
     if separate:
         del ref
         gc.collect()
 
 
-def dpo(model_args: ModelArguments, data_args: DataArguments, args: DPOConfig, recipe: dict | None = None) -> TrainResult:
+def dpo(
+    model_args: ModelArguments, data_args: DataArguments, args: DPOConfig, recipe: dict | None = None
+) -> TrainResult:
     """Align a model on preference pairs with DPO; save a ready-to-load checkpoint with a model card."""
     from transformers import set_seed
 
@@ -106,11 +121,20 @@ def dpo(model_args: ModelArguments, data_args: DataArguments, args: DPOConfig, r
         ref_model = load_reference(model_args, args, tokenizer)
         if ref_model is not None and args.padding_free:
             use_packed_attention(ref_model)
-    log_batch_geometry(args, data["train"], unit="pairs", token_columns=("prompt_ids", "chosen_ids", "rejected_ids"))
+    log_batch_geometry(
+        args, data["train"], unit="pairs", token_columns=("prompt_ids", "chosen_ids", "rejected_ids")
+    )
     collator = pair_collator(args, tokenizer.pad_token_id)
     trainer = DPOTrainer(
-        model=model, ref_model=ref_model, args=args, train_dataset=data["train"], eval_dataset=data.get("test"),
-        data_collator=collator, processing_class=tokenizer,
-    )  # fmt: skip
-    metrics = save_trained(trainer, tokenizer, args, "dpo", model_args, recipe or to_dict(model_args, data_args, args))
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data.get("test"),
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+    metrics = save_trained(
+        trainer, tokenizer, args, "dpo", model_args, recipe or to_dict(model_args, data_args, args)
+    )
     return TrainResult(str(Path(args.output_dir)), metrics)

@@ -31,7 +31,9 @@ def add_arguments(parser) -> None:
 def run(args, extra) -> int:
     from zephyr.train.dpo import dpo
 
-    model_args, data_args, dpo_args = parse_config([ModelArguments, DataArguments, DPOConfig], args.recipe, extra)
+    model_args, data_args, dpo_args = parse_config(
+        [ModelArguments, DataArguments, DPOConfig], args.recipe, extra
+    )
     recipe = effective_recipe(args.recipe, extra, model_args, data_args, dpo_args)
     result = dpo(model_args, data_args, dpo_args, recipe=recipe)
     print(f"DPO model saved to {result.output_dir}")

@@ -39,8 +39,14 @@ def _completion(tokenizer, prompt: list[dict], completion: list[dict]) -> list[i
     return tok.input_ids[: last + 1]
 
 
-def tokenize_pair(tokenizer, row: dict, max_length: int, max_prompt_length: int | None,
-                  empty_system: bool = False, row_index: int | None = None) -> TokenizedPair:
+def tokenize_pair(
+    tokenizer,
+    row: dict,
+    max_length: int,
+    max_prompt_length: int | None,
+    empty_system: bool = False,
+    row_index: int | None = None,
+) -> TokenizedPair:
     """Tokenize one normalised preference row (see zephyr.data.schemas).
 
     The prompt/completion boundary is found on tokens: it is where the tokenized prompt (with the
@@ -70,20 +76,29 @@ def tokenize_pair(tokenizer, row: dict, max_length: int, max_prompt_length: int 
         raise DataError(
             f"the prompt has {len(prompt_ids)} tokens, which leaves no room for a completion within "
             f"max_length={max_length}; set `max_prompt_length` to cut prompts, or raise `max_length`",
-            row=row_index, field="prompt",
-        )  # fmt: skip
+            row=row_index,
+            field="prompt",
+        )
     if len(chosen) > room or len(rejected) > room:
         chosen, rejected, truncated = chosen[:room], rejected[:room], True
         if chosen == rejected:
             raise DataError(
                 f"chosen and rejected are identical within the first {room} completion tokens (max_length cut)",
-                row=row_index, field="rejected",
-            )  # fmt: skip
+                row=row_index,
+                field="rejected",
+            )
     return TokenizedPair(prompt_ids, chosen, rejected, truncated)
 
 
-def tokenize_preferences(dataset, tokenizer, max_length: int, max_prompt_length: int | None,
-                         on_error: str = "raise", empty_system: bool = False, split: str = "train"):
+def tokenize_preferences(
+    dataset,
+    tokenizer,
+    max_length: int,
+    max_prompt_length: int | None,
+    on_error: str = "raise",
+    empty_system: bool = False,
+    split: str = "train",
+):
     """Tokenize a dataset of normalised preference rows; bad rows raise, or are skipped and counted."""
     from datasets import Dataset
 
@@ -92,17 +107,26 @@ def tokenize_preferences(dataset, tokenizer, max_length: int, max_prompt_length:
         try:
             pair = tokenize_pair(tokenizer, row, max_length, max_prompt_length, empty_system, row_index=i)
         except DataError as err:
-            err = DataError(err.reason, source=f"{split} split (prompt_id {row.get('prompt_id')})",
-                            row=i, field=err.field)  # fmt: skip
+            err = DataError(
+                err.reason, source=f"{split} split (prompt_id {row.get('prompt_id')})", row=i, field=err.field
+            )
             if on_error == "raise":
                 raise err from None
             skipped.append(str(err))
             continue
         truncated += pair.truncated
-        rows.append({"prompt_ids": pair.prompt_ids, "chosen_ids": pair.chosen_ids,
-                     "rejected_ids": pair.rejected_ids, "row": i})  # fmt: skip
+        rows.append(
+            {
+                "prompt_ids": pair.prompt_ids,
+                "chosen_ids": pair.chosen_ids,
+                "rejected_ids": pair.rejected_ids,
+                "row": i,
+            }
+        )
     if truncated:
-        log.warning("%s: %d of %d pairs were cut to max_prompt_length / max_length", split, truncated, len(dataset))
+        log.warning(
+            "%s: %d of %d pairs were cut to max_prompt_length / max_length", split, truncated, len(dataset)
+        )
     if skipped:
         log.warning("%s: skipped %d bad pair(s); the first: %s", split, len(skipped), skipped[0])
     if not rows:

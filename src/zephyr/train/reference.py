@@ -70,8 +70,16 @@ def _score(model, dataset, collator, batch_size: int, indices: list[int], device
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
-def precompute_reference_logps(dataset, ref_source, collator, batch_size: int, accelerator, split: str,
-                               cache: str | None = None, uses_packed_attention: bool = True):
+def precompute_reference_logps(
+    dataset,
+    ref_source,
+    collator,
+    batch_size: int,
+    accelerator,
+    split: str,
+    cache: str | None = None,
+    uses_packed_attention: bool = True,
+):
     """Add ``ref_chosen_logps``/``ref_rejected_logps`` columns, from the disk cache or computed now.
 
     ``ref_source`` is the module to score with (a reference model, or the policy inside
@@ -91,8 +99,15 @@ def precompute_reference_logps(dataset, ref_source, collator, batch_size: int, a
         mine = list(range(rank, len(dataset), world))
         previous = use_packed_attention(ref_source) if uses_packed_attention else None
         try:
-            scored = _score(ref_source, dataset, collator, batch_size, mine, accelerator.device,
-                            f"Reference log-probs ({split})")  # fmt: skip
+            scored = _score(
+                ref_source,
+                dataset,
+                collator,
+                batch_size,
+                mine,
+                accelerator.device,
+                f"Reference log-probs ({split})",
+            )
         finally:
             if previous is not None:
                 restore_attention(ref_source, previous)

@@ -17,8 +17,10 @@ def load_run_tokenizer(model_args: ModelArguments, data_args):
 
     return load_tokenizer(
         model_args.tokenizer_name_or_path or model_args.model_name_or_path,
-        data_args.chat_template, model_args.model_revision, model_args.trust_remote_code,
-    )  # fmt: skip
+        data_args.chat_template,
+        model_args.model_revision,
+        model_args.trust_remote_code,
+    )
 
 
 def lora_config(model_args: ModelArguments):
@@ -42,16 +44,21 @@ def maybe_add_lora(model, model_args: ModelArguments, args):
 
     if model_args.load_in_4bit or model_args.load_in_8bit:
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=args.gradient_checkpointing,
+            model,
+            use_gradient_checkpointing=args.gradient_checkpointing,
             gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
-        )  # fmt: skip
+        )
     model = get_peft_model(model, lora_config(model_args))
     trainable, total = model.get_nb_trainable_parameters()
-    log.info("LoRA: training %s of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    log.info(
+        "LoRA: training %s of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
+    )
     return model
 
 
-def log_batch_geometry(args, train_dataset, unit: str, token_columns: tuple[str, ...] = ("input_ids",)) -> None:
+def log_batch_geometry(
+    args, train_dataset, unit: str, token_columns: tuple[str, ...] = ("input_ids",)
+) -> None:
     """Print the numbers that decide a run: effective batch, steps, tokens per step.
 
     ``token_columns`` are the columns whose tokens a row contributes (a DPO pair: prompt, chosen
@@ -59,15 +66,24 @@ def log_batch_geometry(args, train_dataset, unit: str, token_columns: tuple[str,
     world = max(1, args.world_size)
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
     tokens = sum(len(ids) for column in token_columns for ids in train_dataset[column])
-    steps = args.max_steps if args.max_steps > 0 else max(1, -(-len(train_dataset) // per_step)) * int(
-        max(1, args.num_train_epochs)
+    steps = (
+        args.max_steps
+        if args.max_steps > 0
+        else max(1, -(-len(train_dataset) // per_step)) * int(max(1, args.num_train_epochs))
     )
     log.info(
         "Effective global batch: %d %s (%d per device x %d accumulation x %d processes); %d rows, %s tokens, "
         "~%d tokens per optimizer step, %d steps",
-        per_step, unit, args.per_device_train_batch_size, args.gradient_accumulation_steps, world,
-        len(train_dataset), f"{tokens:,}", tokens * per_step // max(1, len(train_dataset)), steps,
-    )  # fmt: skip
+        per_step,
+        unit,
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+        world,
+        len(train_dataset),
+        f"{tokens:,}",
+        tokens * per_step // max(1, len(train_dataset)),
+        steps,
+    )
 
 
 def _resume_arg(args):

@@ -22,7 +22,9 @@ class TrainResult:
     metrics: dict
 
 
-def tokenize_for_sft(dataset, tokenizer, data_args: DataArguments, max_length: int, num_proc: int | None = None):
+def tokenize_for_sft(
+    dataset, tokenizer, data_args: DataArguments, max_length: int, num_proc: int | None = None
+):
     """Conversations -> ``input_ids`` + ``assistant_mask``, cut to ``max_length`` from the right.
 
     Rows left with no trained token (a first reply entirely past the cut) are dropped and counted.
@@ -40,13 +42,19 @@ def tokenize_for_sft(dataset, tokenizer, data_args: DataArguments, max_length: i
     out = dataset.map(encode, remove_columns=columns, num_proc=num_proc, desc="Tokenizing conversations")
     truncated = sum(out["truncated"])
     # A target exists only from the second token on (the first is never predicted).
-    out = out.filter(lambda r: any(r["assistant_mask"][1:]), num_proc=num_proc, desc="Dropping untrainable rows")
+    out = out.filter(
+        lambda r: any(r["assistant_mask"][1:]), num_proc=num_proc, desc="Dropping untrainable rows"
+    )
     dropped = len(dataset) - len(out)
     if truncated or dropped:
         log.warning(
             "%d of %d conversations were longer than max_length=%d and cut; %d had nothing left to train on and "
-            "were dropped", truncated, len(dataset), max_length, dropped,
-        )  # fmt: skip
+            "were dropped",
+            truncated,
+            len(dataset),
+            max_length,
+            dropped,
+        )
     return out.remove_columns(["truncated"])
 
 
@@ -62,8 +70,13 @@ def pack_dataset(dataset, max_length: int):
             ids += dataset[i]["input_ids"]
             mask += dataset[i]["assistant_mask"]
         rows.append({"input_ids": ids, "assistant_mask": mask, "seq_lengths": [lengths[i] for i in members]})
-    log.info("Packed %d conversations into %d rows of <= %d tokens (%.1f%% full)",
-             len(lengths), len(rows), max_length, 100 * sum(lengths) / max(1, len(rows) * max_length))
+    log.info(
+        "Packed %d conversations into %d rows of <= %d tokens (%.1f%% full)",
+        len(lengths),
+        len(rows),
+        max_length,
+        100 * sum(lengths) / max(1, len(rows) * max_length),
+    )
     return Dataset.from_list(rows)
 
 
@@ -76,12 +89,16 @@ def prepare_sft_data(tokenizer, data_args: DataArguments, args: SFTConfig):
         if name not in splits or len(splits[name]) == 0:
             continue
         with args.main_process_first(desc=f"tokenizing {name}"):
-            ds = tokenize_for_sft(splits[name], tokenizer, data_args, args.max_length, data_args.dataset_num_proc)
+            ds = tokenize_for_sft(
+                splits[name], tokenizer, data_args, args.max_length, data_args.dataset_num_proc
+            )
         out[name] = pack_dataset(ds, args.max_length) if args.packing else ds
     return out
 
 
-def sft(model_args: ModelArguments, data_args: DataArguments, args: SFTConfig, recipe: dict | None = None) -> TrainResult:
+def sft(
+    model_args: ModelArguments, data_args: DataArguments, args: SFTConfig, recipe: dict | None = None
+) -> TrainResult:
     """Fine-tune a model on conversations, training on assistant replies; save a ready-to-load checkpoint."""
     from transformers import set_seed
 
@@ -91,7 +108,9 @@ def sft(model_args: ModelArguments, data_args: DataArguments, args: SFTConfig, r
     if "train" not in data:
         from zephyr.errors import ConfigError
 
-        raise ConfigError("The dataset has no training rows; check `dataset_mixer`/`dataset_mixture` and the splits")
+        raise ConfigError(
+            "The dataset has no training rows; check `dataset_mixer`/`dataset_mixture` and the splits"
+        )
     model = load_model(model_args.model_name_or_path, model_args.load_settings(), for_training=True)
     if fit_embeddings_to_tokenizer(model, tokenizer):
         log.info("Grew the embedding matrix to %d rows for the added pad token", len(tokenizer))
@@ -99,8 +118,14 @@ def sft(model_args: ModelArguments, data_args: DataArguments, args: SFTConfig, r
     collator = PackedCollator() if args.padding_free else PaddedCollator(tokenizer.pad_token_id)
     log_batch_geometry(args, data["train"], unit="conversations" if not args.packing else "packed rows")
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=data["train"], eval_dataset=data.get("test"),
-        data_collator=collator, processing_class=tokenizer,
-    )  # fmt: skip
-    metrics = save_trained(trainer, tokenizer, args, "sft", model_args, recipe or to_dict(model_args, data_args, args))
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data.get("test"),
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+    metrics = save_trained(
+        trainer, tokenizer, args, "sft", model_args, recipe or to_dict(model_args, data_args, args)
+    )
     return TrainResult(str(Path(args.output_dir)), metrics)

@@ -30,7 +30,9 @@ def add_arguments(parser) -> None:
 def run(args, extra) -> int:
     from zephyr.train.sft import sft
 
-    model_args, data_args, sft_args = parse_config([ModelArguments, DataArguments, SFTConfig], args.recipe, extra)
+    model_args, data_args, sft_args = parse_config(
+        [ModelArguments, DataArguments, SFTConfig], args.recipe, extra
+    )
     recipe = effective_recipe(args.recipe, extra, model_args, data_args, sft_args)
     result = sft(model_args, data_args, sft_args, recipe=recipe)
     print(f"SFT model saved to {result.output_dir}")

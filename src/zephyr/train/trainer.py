@@ -28,7 +28,10 @@ class ZephyrTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
 
     def batch_loss(self, model, batch: dict) -> tuple[torch.Tensor, int, dict[str, float]]:
         raise NotImplementedError
@@ -77,7 +80,9 @@ class SFTTrainer(ZephyrTrainer):
         return total, count, {"num_tokens_trained": float(count)}
 
 
-def write_model_card(output_dir: str | Path, title: str, recipe: dict, metrics: dict, base_model: str) -> Path:
+def write_model_card(
+    output_dir: str | Path, title: str, recipe: dict, metrics: dict, base_model: str
+) -> Path:
     """A README.md with the base model, the full effective recipe and the final metrics."""
     import yaml
 
@@ -85,7 +90,9 @@ def write_model_card(output_dir: str | Path, title: str, recipe: dict, metrics: 
     shown = {k: v for k, v in recipe.items() if v not in (None, [], {})}
     lines = [
         "---",
-        yaml.safe_dump({"base_model": base_model, "library_name": "transformers", "tags": ["zephyr", title]}).strip(),
+        yaml.safe_dump(
+            {"base_model": base_model, "library_name": "transformers", "tags": ["zephyr", title]}
+        ).strip(),
         "---",
         f"# {Path(output_dir).name}",
         "",
@@ -134,5 +141,7 @@ class DPOTrainer(ZephyrTrainer):
     def batch_loss(self, model, batch):
         policy = sequence_logps(model, batch)
         ref = self.reference_logps(model, batch)
-        losses, metrics = dpo_loss(self.args.loss_type, policy, ref, self.args.beta, self.args.label_smoothing)
+        losses, metrics = dpo_loss(
+            self.args.loss_type, policy, ref, self.args.beta, self.args.label_smoothing
+        )
         return losses.sum(), losses.numel(), metrics
