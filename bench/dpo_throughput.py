@@ -71,9 +71,11 @@ def _args(cls, opts, **extra):
 
 
 def _policy(opts):
-    from zephyr.models import LoadSettings, load_model
+    from zephyr.models import ModelArguments, load_model
 
-    return load_model(opts.model, LoadSettings(dtype="bf16" if opts.gpu else "fp32"), for_training=True)
+    return load_model(
+        opts.model, ModelArguments(torch_dtype="bf16" if opts.gpu else "fp32"), for_training=True
+    )
 
 
 def side_trl(opts) -> dict:
@@ -102,9 +104,9 @@ def side_trl(opts) -> dict:
 
 
 def side_zephyr(opts, precomputed: bool = False) -> dict:
-    from zephyr.config import DPOConfig
     from zephyr.train.attention import use_packed_attention
     from zephyr.train.collate import PairCollator
+    from zephyr.train.config import DPOConfig
     from zephyr.train.reference import precompute_reference_logps
     from zephyr.train.trainer import DPOTrainer
 

@@ -90,13 +90,15 @@ def side_trl(opts) -> dict:
     import trl
     from datasets import Dataset
 
-    from zephyr.models import LoadSettings, load_model
+    from zephyr.models import ModelArguments, load_model
 
     tokenizer, examples = tokenized(opts.model, opts.rows, opts.max_length)
     ds = Dataset.from_list(
         [{"input_ids": e["input_ids"], "assistant_masks": e["assistant_mask"]} for e in examples]
     )
-    model = load_model(opts.model, LoadSettings(dtype="bf16" if opts.gpu else "fp32"), for_training=True)
+    model = load_model(
+        opts.model, ModelArguments(torch_dtype="bf16" if opts.gpu else "fp32"), for_training=True
+    )
     config = training_args(trl.SFTConfig, opts, "/tmp/bench-sft-trl", max_length=opts.max_length)
     timer = StepTimer()
     trainer = trl.SFTTrainer(
@@ -109,15 +111,17 @@ def side_trl(opts) -> dict:
 def side_zephyr(opts) -> dict:
     from datasets import Dataset
 
-    from zephyr.config import SFTConfig
-    from zephyr.models import LoadSettings, load_model
+    from zephyr.models import ModelArguments, load_model
     from zephyr.train.attention import use_packed_attention
     from zephyr.train.collate import PackedCollator
+    from zephyr.train.config import SFTConfig
     from zephyr.train.trainer import SFTTrainer
 
     tokenizer, examples = tokenized(opts.model, opts.rows, opts.max_length)
     ds = Dataset.from_list(examples)
-    model = load_model(opts.model, LoadSettings(dtype="bf16" if opts.gpu else "fp32"), for_training=True)
+    model = load_model(
+        opts.model, ModelArguments(torch_dtype="bf16" if opts.gpu else "fp32"), for_training=True
+    )
     config = training_args(SFTConfig, opts, "/tmp/bench-sft-zephyr", max_length=opts.max_length)
     timer = StepTimer()
     trainer = SFTTrainer(

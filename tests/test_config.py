@@ -8,16 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from zephyr.config import (
-    DataArguments,
-    ModelArguments,
-    SFTConfig,
-    parse_config,
-    parse_overrides,
-    read_recipe,
-    to_dict,
-)
+from zephyr.config import parse_config, parse_overrides, read_recipe, to_dict
+from zephyr.data.config import DataArguments
 from zephyr.errors import ConfigError
+from zephyr.models import ModelArguments
+from zephyr.train.config import SFTConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

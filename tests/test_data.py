@@ -12,8 +12,8 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from conftest import shared_file
-from zephyr.config import DataArguments
 from zephyr.data import load_datasets, load_mixer, load_mixture, load_rows, normalise_row, prompt_id_of
+from zephyr.data.config import DataArguments
 from zephyr.errors import ConfigError, DataError, ZephyrError
 
 

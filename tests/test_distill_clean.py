@@ -246,8 +246,8 @@ def test_length_filters(tmp_path, tokenizer_dir):
     assert report["unreadable"] == 1 and report["rows_in"] == 5 and report["rows_out"] == 1
     kept, report = run_clean(tmp_path, dialogues[:3], **OFF, max_tokens=40, tokenizer=str(tokenizer_dir))
     assert len(kept) == 2 and report["filters"]["length"]["examples"][0]["reason"] == "too_many_tokens"
-    with pytest.raises(ConfigError, match="`max_tokens` needs `tokenizer`"):
-        CleanConfig(input="x", output_dir="y", max_tokens=5)
+    with pytest.raises(ConfigError, match="`max_length` needs `tokenizer`"):
+        CleanConfig(input="x", output_dir="y", max_length=5)
 
 
 def test_clean_cli_writes_dataset_jsonl_and_report(tmp_path, capsys):

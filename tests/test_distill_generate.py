@@ -20,8 +20,8 @@ from zephyr.config import parse_config
 from zephyr.data import prompt_id_of
 from zephyr.distill.generate import GenerateConfig, conversation_for, generate, plan_slots, read_prompts
 from zephyr.distill.principles import PRINCIPLE_PROMPTS
-from zephyr.distill.records import RowLog
 from zephyr.errors import ConfigError, DataError, ZephyrError
+from zephyr.io import RowLog
 
 
 def write_lines(path: Path, rows) -> str:
@@ -413,4 +413,4 @@ def test_unreadable_prompts_file_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="holds no readable prompt"):
         generate(config(prompts=bad, output=str(tmp_path / "o.jsonl"), teachers=["m"]))
     with pytest.raises(DataError, match="line 1"):
-        generate(config(prompts=bad, output=str(tmp_path / "o.jsonl"), teachers=["m"], on_bad_input="raise"))
+        generate(config(prompts=bad, output=str(tmp_path / "o.jsonl"), teachers=["m"], on_error="raise"))

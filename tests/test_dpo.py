@@ -353,8 +353,8 @@ def test_step_zero_loss_is_ln2_with_policy_equal_to_reference(tokenizer, demo_ro
 
 
 def test_config_validates_dpo_settings(tmp_path):
-    from zephyr.config import DPOConfig
     from zephyr.errors import ConfigError
+    from zephyr.train.config import DPOConfig
     from zephyr.train.dpo import pair_collator
 
     with pytest.raises(ConfigError, match="did you mean `sigmoid`"):
@@ -575,7 +575,7 @@ def test_cli_bad_row_is_a_one_line_error_and_skip_trains(tiny_model_dir, tmp_pat
 
 
 def _dpo_args(tmp_path, **kw):
-    from zephyr.config import DPOConfig
+    from zephyr.train.config import DPOConfig
 
     base = dict(
         output_dir=str(tmp_path / "trainer"), use_cpu=True, report_to=[], beta=0.1, save_strategy="no"
@@ -699,8 +699,7 @@ def test_gradient_accumulation_averages_over_pairs(tokenizer, demo_rows, tmp_pat
 def test_lora_reference_is_the_base_model_with_adapters_disabled(
     tokenizer, tiny_model_dir, demo_rows, tmp_path
 ):
-    from zephyr.config import ModelArguments
-    from zephyr.models import load_model
+    from zephyr.models import ModelArguments, load_model
     from zephyr.train.dpo import load_policy, load_reference, pair_collator
     from zephyr.train.setup import maybe_add_lora
     from zephyr.train.trainer import DPOTrainer

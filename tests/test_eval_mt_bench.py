@@ -642,7 +642,7 @@ def test_embedded_model_answers_through_the_local_backend(tmp_path, capsys):
 
 
 def test_a_record_torn_by_a_crash_is_dropped_on_resume(tmp_path):
-    from zephyr.evaluate.records import append_jsonl
+    from zephyr.io import append_jsonl
 
     path = tmp_path / "judge_single.jsonl"
     path.write_text(json.dumps(judgment("alpha", 81, 1, 8)) + "\n" + '{"question_id": 82, "model": "al')

@@ -11,11 +11,10 @@ import pytest
 import torch
 
 import zephyr.models as zm
-from zephyr.config import ModelArguments
 from zephyr.errors import ModelError
 from zephyr.models import (
     EMBEDDED_ALIAS,
-    LoadSettings,
+    ModelArguments,
     cache_dir,
     load_model,
     quantization_config,
@@ -292,12 +291,12 @@ def test_torch_dtype_unknown_is_model_error(bad):
     "name, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32), ("float16", torch.float16)]
 )
 def test_load_model_dtype(tiny_model_dir, name, dtype):
-    model = load_model(str(tiny_model_dir), LoadSettings(dtype=name))
+    model = load_model(str(tiny_model_dir), ModelArguments(torch_dtype=name))
     assert {p.dtype for p in model.parameters()} == {dtype}
 
 
 def test_load_model_from_model_arguments(tiny_model_dir):
-    settings = ModelArguments(model_name_or_path=str(tiny_model_dir), torch_dtype="bf16").load_settings()
+    settings = ModelArguments(model_name_or_path=str(tiny_model_dir), torch_dtype="bf16")
     model = load_model(str(tiny_model_dir), settings, for_training=True)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.config.use_cache is False
@@ -312,16 +311,16 @@ def test_load_model_missing_is_model_error(tmp_path):
 def test_load_in_4bit_without_bitsandbytes(monkeypatch, tiny_model_dir):
     _hide_package(monkeypatch, "bitsandbytes")
     with pytest.raises(ModelError, match=r"bitsandbytes") as info:
-        load_model(str(tiny_model_dir), LoadSettings(load_in_4bit=True))
+        load_model(str(tiny_model_dir), ModelArguments(load_in_4bit=True))
     assert "pip install" in str(info.value) and "zephyr[quant]" in str(info.value)
     with pytest.raises(ModelError, match="bitsandbytes"):
-        quantization_config(LoadSettings(load_in_8bit=True))
+        quantization_config(ModelArguments(load_in_8bit=True))
 
 
 def test_4bit_and_8bit_are_exclusive():
     with pytest.raises(ModelError, match="mutually exclusive"):
-        quantization_config(LoadSettings(load_in_4bit=True, load_in_8bit=True))
+        quantization_config(ModelArguments(load_in_4bit=True, load_in_8bit=True))
 
 
 def test_no_quantization_by_default():
-    assert quantization_config(LoadSettings()) is None
+    assert quantization_config(ModelArguments()) is None

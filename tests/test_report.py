@@ -142,7 +142,7 @@ def test_report_writes_a_page_with_every_chart(run_dir):
 
 
 def test_report_scores_match_the_evaluation(run_dir):
-    from zephyr.report import mt_bench_results
+    from zephyr.report.collect import mt_bench_results
 
     singles, _ = mt_bench_results(run_dir, [])
     expected = stages.score_judgments(

@@ -11,10 +11,11 @@ import dataclasses
 import difflib
 import enum
 import logging
+import math
 import types
 import typing
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ KEY_ALIASES = {
     "preprocessing_num_workers": "dataset_num_proc",
     "model_name": "model_name_or_path",
     "ref_model": "ref_model_name_or_path",
+    "on_bad_input": "on_error",  # zephyr <= 0.1's generate/feedback spelling of the bad-row policy
 }
 # Keys the handbook recipes carry that have no meaning any more: accepted, noted, ignored.
 IGNORED_KEYS = {
@@ -41,124 +43,86 @@ IGNORED_KEYS = {
 }
 
 
-def _help(text: str, **kw) -> Any:
-    return field(metadata={"help": text}, **kw)
+def setting(
+    help: str,
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence | None = None,
+) -> Any:
+    """A documented config field. The help text feeds `--help`; the limits and choices are checked by
+    ``check_settings`` (numbers must also be finite), so every range check lives in one place."""
+    limits = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    metadata = {"help": help, "limits": limits, "choices": tuple(choices) if choices else None}
+    return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
-@dataclass
-class ModelArguments:
-    """Which model to load and how (the handbook's ModelArguments keys)."""
+ON_ERROR = ("raise", "skip")
 
-    model_name_or_path: str = _help(
-        "Model spec: a hub id, a local checkpoint dir, a .gguf file, or `smollm2-135m-instruct` (embedded).",
-        default="smollm2-135m-instruct",
-    )
-    model_revision: str = _help("Hub revision (branch, tag or commit).", default="main")
-    tokenizer_name_or_path: str | None = _help("Tokenizer spec if it differs from the model's.", default=None)
-    torch_dtype: str = _help(
-        "Weights dtype: auto, float32/fp32, bfloat16/bf16 or float16/fp16.", default="auto"
-    )
-    attn_implementation: str | None = _help(
-        "Attention kernel: eager, sdpa, flex_attention or flash_attention_2. Default: transformers' choice.",
-        default=None,
-    )
-    use_flash_attention_2: bool = _help(
-        "Old handbook key: same as attn_implementation=flash_attention_2.", default=False
-    )
-    trust_remote_code: bool = _help("Allow custom modelling code from the hub.", default=False)
-    use_peft: bool = _help("Train LoRA adapters instead of all weights.", default=False)
-    lora_r: int = _help("LoRA rank.", default=16)
-    lora_alpha: int = _help("LoRA scaling numerator (scale = alpha / r).", default=32)
-    lora_dropout: float = _help("Dropout on the LoRA branch.", default=0.05)
-    lora_target_modules: list[str] | None = _help(
-        "Module names to adapt; default: every linear layer except the LM head.", default=None
-    )
-    lora_modules_to_save: list[str] | None = _help(
-        "Modules trained in full beside the adapters.", default=None
-    )
-    load_in_4bit: bool = _help("Load weights in 4 bit (QLoRA; needs bitsandbytes and a GPU).", default=False)
-    load_in_8bit: bool = _help("Load weights in 8 bit (needs bitsandbytes and a GPU).", default=False)
-    bnb_4bit_quant_type: str = _help("4-bit quantization type: nf4 or fp4.", default="nf4")
-    use_bnb_nested_quant: bool = _help("Double quantization of the 4-bit constants.", default=False)
 
-    def __post_init__(self):
-        if self.use_flash_attention_2 and not self.attn_implementation:
-            self.attn_implementation = "flash_attention_2"
-        if self.lora_r <= 0 or self.lora_alpha <= 0:
-            raise ConfigError(
-                f"`lora_r` and `lora_alpha` must be positive; got {self.lora_r} and {self.lora_alpha}"
-            )
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"`lora_dropout` must be in [0, 1); got {self.lora_dropout}")
-        if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
-            raise ConfigError(f"`bnb_4bit_quant_type` must be nf4 or fp4; got {self.bnb_4bit_quant_type!r}")
+def on_error_setting(default: str) -> Any:
+    """The bad-row policy, spelled the same in every stage."""
+    return setting(
+        "A malformed input row: `raise` stops with an error naming the file, line and field; `skip` skips "
+        "and counts it (listed in the stage's failures file where it has one).",
+        default,
+        choices=ON_ERROR,
+    )
 
-    def load_settings(self):
-        from zephyr.models import LoadSettings
 
-        return LoadSettings(
-            dtype=self.torch_dtype,
-            attn_implementation=self.attn_implementation,
-            load_in_4bit=self.load_in_4bit,
-            load_in_8bit=self.load_in_8bit,
-            bnb_4bit_quant_type=self.bnb_4bit_quant_type,
-            use_bnb_nested_quant=self.use_bnb_nested_quant,
-            revision=self.model_revision,
-            trust_remote_code=self.trust_remote_code,
+_RULES = {
+    "ge": (lambda v, b: v >= b, "at least {}"),
+    "gt": (lambda v, b: v > b, "greater than {}"),
+    "le": (lambda v, b: v <= b, "at most {}"),
+    "lt": (lambda v, b: v < b, "less than {}"),
+}
+
+
+def check_value(key: str, value: Any, limits: dict, choices: Sequence | None = None) -> None:
+    """Raise a ConfigError naming ``key`` when ``value`` breaks its limits or is not one of ``choices``."""
+    if value is None:
+        return
+    if choices and value not in choices:
+        raise ConfigError(
+            f"`{key}` must be one of {', '.join(map(str, choices))}; got {value!r}{suggest(value, choices)}",
+            key=key,
         )
+    if not limits or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not math.isfinite(value):
+        raise ConfigError(f"`{key}` must be a finite number; got {value!r}", key=key)
+    if not all(_RULES[name][0](value, bound) for name, bound in limits.items()):
+        raise ConfigError(f"`{key}` must be {describe_limits(limits)}; got {value!r}", key=key)
 
 
-@dataclass
-class DataArguments:
-    """Which data to train on and how to turn it into tokens (the handbook's DataArguments keys)."""
+def describe_limits(limits: dict) -> str:
+    return " and ".join(_RULES[name][1].format(bound) for name, bound in limits.items())
 
-    chat_template: str | None = _help(
-        "`zephyr`, `chatml`, or Jinja source. Default: the model's own template, or Zephyr's if it has none.",
-        default=None,
-    )
-    dataset_mixer: dict[str, float] | None = _help(
-        "Old handbook mixing: {dataset id or file: fraction}. Takes the first int(fraction*len) rows of each "
-        "train split (shuffled with seed 42); test splits are never subsampled.",
-        default=None,
-    )
-    dataset_splits: list[str] = _help(
-        "Splits to load for dataset_mixer; names containing `train` train, names containing `test` evaluate.",
-        default_factory=lambda: ["train", "test"],
-    )
-    dataset_configs: list[str] | None = _help("Hub configs, one per dataset_mixer entry.", default=None)
-    dataset_mixture: dict[str, Any] | None = _help(
-        "New handbook mixing: {datasets: [{id, config, split, columns, weight}], seed, test_split_size}.",
-        default=None,
-    )
-    dataset_num_proc: int | None = _help("Worker processes for tokenization.", default=None)
-    auto_insert_empty_system_msg: bool = _help(
-        "Prepend an empty system message to every conversation (the original handbook behaviour).",
-        default=False,
-    )
-    train_on: str = _help(
-        "Which tokens carry loss: `assistant` (replies and their EOS) or `all`.", default="assistant"
-    )
-    on_error: str = _help(
-        "A malformed row: `raise` stops with a clear error, `skip` skips and counts it.", default="raise"
-    )
-    max_train_samples: int | None = _help("Keep only the first N training rows (smoke runs).", default=None)
-    max_eval_samples: int | None = _help("Keep only the first N evaluation rows.", default=None)
-    truncation_side: str | None = _help(
-        "Old handbook key; conversations are always cut from the right.", default=None
-    )
 
-    def __post_init__(self):
-        if self.train_on not in ("assistant", "all"):
-            raise ConfigError(f"`train_on` must be `assistant` or `all`; got {self.train_on!r}")
-        if self.on_error not in ("raise", "skip"):
-            raise ConfigError(f"`on_error` must be `raise` or `skip`; got {self.on_error!r}")
-        if self.dataset_mixer is not None and self.dataset_mixture is not None:
-            raise ConfigError(
-                "Set either `dataset_mixer` (old handbook form) or `dataset_mixture` (new form), not both"
-            )
-        for name, frac in (self.dataset_mixer or {}).items():
-            if not isinstance(frac, (int, float)) or frac < 0:
-                raise ConfigError(f"`dataset_mixer.{name}` must be a non-negative fraction; got {frac!r}")
+def check_settings(obj: Any, prefix: str = "") -> None:
+    """Check every field of a config dataclass against the limits and choices of its ``setting``."""
+    for f in dataclasses.fields(obj):
+        if f.init and "limits" in f.metadata:  # made by ``setting`` (inherited fields carry other metadata)
+            check_value(prefix + f.name, getattr(obj, f.name), f.metadata["limits"], f.metadata["choices"])
+
+
+def suggest(word: Any, options: Iterable, cutoff: float = 0.6) -> str:
+    """`; did you mean `x`?` for the closest of ``options``, or nothing."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=cutoff)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def check_keys(mapping: dict, valid: Iterable[str], where: str) -> None:
+    """An unknown key in a nested mapping is an error naming it, where it is, and the nearest valid key."""
+    valid = list(valid)
+    for key in mapping:
+        if key not in valid:
+            hint = suggest(key, valid, 0.5) or f"; valid keys: {', '.join(valid)}"
+            raise ConfigError(f"Unknown key `{key}` in {where}{hint}", key=str(key))
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -175,6 +139,12 @@ def _scalar_type(tp) -> type | None:
     return tp if tp in (bool, int, float, str) else None
 
 
+def _is_list(tp) -> bool:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_is_list(a) for a in typing.get_args(tp) if a is not type(None))
+    return typing.get_origin(tp) is list
+
+
 def _admits_str(tp) -> bool:
     if tp is str:
         return True
@@ -183,6 +153,8 @@ def _admits_str(tp) -> bool:
 
 def _coerce(key: str, value: Any, tp) -> Any:
     """YAML reads `1e-5` as a string (YAML 1.1); turn such strings into the field's number type."""
+    if _is_list(tp) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return [value]  # `--mt_bench=one.jsonl` for a list of files
     scalar = _scalar_type(tp)
     if value is False and scalar is not bool and _admits_str(tp) and bool not in typing.get_args(tp):
         return "no"  # YAML 1.1 reads `save_strategy: no` as False; `resume_from_checkpoint: true` stays True
@@ -223,14 +195,28 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
         if not arg.startswith("--") or arg == "--":
             raise ConfigError(f"Expected `--key=value`, got {arg!r}")
         key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 < len(args) and not args[i + 1].startswith("--"):
-                value, i = args[i + 1], i + 1
-            else:
-                value = "true"  # a bare flag
-        out[key.replace("-", "_")] = yaml.safe_load(value) if value != "" else ""
+        key = key.replace("-", "_")
+        if eq:
+            out[key] = _yaml_value(value)
+            i += 1
+            continue
+        values = []
+        while i + 1 < len(args) and not args[i + 1].startswith("--"):
+            values.append(args[i + 1])  # `--key a b` gives a list, as argparse's nargs="+" did
+            i += 1
+        if not values:
+            out[key] = True  # a bare flag
+        else:
+            out[key] = _yaml_value(values[0]) if len(values) == 1 else [_yaml_value(v) for v in values]
         i += 1
     return out
+
+
+def _yaml_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text  # not YAML (an unbalanced bracket in a path, say): keep the string as given
 
 
 def read_recipe(path: str | Path | None) -> dict[str, Any]:
@@ -240,13 +226,28 @@ def read_recipe(path: str | Path | None) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Recipe file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+def aliases_of(classes: Sequence[type]) -> dict[str, str]:
+    """Old key -> current key: the global aliases plus each config class's own ``ALIASES``."""
+    merged = dict(KEY_ALIASES)
+    for cls in classes:
+        merged.update(getattr(cls, "ALIASES", {}))
+    return merged
+
+
+def load_yaml(path: Path) -> Any:
+    """A YAML file's content; bad UTF-8 or bad YAML is one ConfigError naming the file."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
 
 
 def parse_config(
@@ -265,16 +266,16 @@ def parse_config(
             owners.setdefault(name, (cls, tp))
     values: dict[type, dict[str, Any]] = {cls: {} for cls in classes}
     where = f" in {recipe}" if recipe else ""
+    aliases = aliases_of(classes)
     for key, value in raw.items():
-        name = KEY_ALIASES.get(key, key)
+        name = aliases.get(key, key)
         if key in IGNORED_KEYS:
             if IGNORED_KEYS[key]:
                 log.info("Ignoring `%s`: %s", key, IGNORED_KEYS[key])
             continue
         if name not in owners:
-            close = difflib.get_close_matches(key, list(owners) + list(KEY_ALIASES), n=1, cutoff=0.6)
-            hint = f"; did you mean `{close[0]}`?" if close else ""
-            raise ConfigError(f"Unknown key `{key}`{where}{hint}")
+            hint = suggest(key, list(owners) + list(aliases))
+            raise ConfigError(f"Unknown key `{key}`{where}{hint}", key=str(key))
         cls, tp = owners[name]
         value = _coerce(key, value, tp)
         if key == "warmup_ratio" and not (isinstance(value, (int, float)) and 0 <= value < 1):
@@ -283,11 +284,13 @@ def parse_config(
     out = []
     for cls in classes:
         try:
-            out.append(cls(**values[cls]))
+            config = cls(**values[cls])
+            check_settings(config)
         except ConfigError:
             raise
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"Invalid settings{where}: {exc}") from None
+        out.append(config)
     return tuple(out)
 
 
@@ -320,6 +323,10 @@ def help_text(classes: Sequence[type]) -> str:
                 else ("[]" if f.default_factory is not dataclasses.MISSING else "required")
             )
             doc = f.metadata.get("help", "")
+            if "limits" in f.metadata and f.metadata.get("choices"):
+                doc += f" One of: {', '.join(map(str, f.metadata['choices']))}."
+            if f.metadata.get("limits"):
+                doc += f" Must be {describe_limits(f.metadata['limits'])}."
             lines.append(
                 f"  --{f.name}  (default: {default})\n      {doc}"
                 if doc
@@ -328,114 +335,14 @@ def help_text(classes: Sequence[type]) -> str:
     return "\n".join(lines)
 
 
-def _training_arguments():
-    from transformers import TrainingArguments
-
-    return TrainingArguments
-
-
-@dataclass
-class SFTConfig(_training_arguments()):
-    """transformers.TrainingArguments plus the distilled-SFT settings."""
-
-    max_length: int = _help(
-        "Longest conversation in tokens; longer ones are cut from the right.", default=2048
-    )
-    packing: bool = _help(
-        "Pack several conversations into rows of up to `max_length` tokens (best-fit decreasing) before "
-        "batching. Attention never crosses conversations either way.",
-        default=False,
-    )
-    padding_free: bool = _help(
-        "Flatten each batch into one row without padding (position ids restart per conversation). "
-        "Off: pad every conversation to the longest in the batch, as TRL does.",
-        default=True,
-    )
-    dataset_kwargs: dict[str, Any] | None = _help(
-        "Accepted for handbook compatibility; unused.", default=None
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.max_length <= 1:
-            raise ConfigError(f"`max_length` must be at least 2 tokens; got {self.max_length}")
-        # Our collators need the token columns that Trainer would otherwise drop as "unused".
-        self.remove_unused_columns = False
-
-
-DPO_LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge")
-
-
-@dataclass
-class DPOConfig(_training_arguments()):
-    """transformers.TrainingArguments plus the direct-preference-optimisation settings."""
-
-    beta: float = _help(
-        "DPO temperature: how far the policy may move from the reference (0.1 paper, 0.01 handbook).",
-        default=0.1,
-    )
-    loss_type: str = _help("One of sigmoid (DPO), robust, ipo, hinge.", default="sigmoid")
-    label_smoothing: float = _help(
-        "Assumed label noise eps in [0, 0.5): conservative DPO for `sigmoid`, robust DPO for `robust`.",
-        default=0.0,
-    )
-    max_length: int = _help(
-        "Longest prompt + completion in tokens; completions are cut from the right.", default=1024
-    )
-    max_prompt_length: int | None = _help(
-        "Longest prompt in tokens; longer prompts are cut from the left (their start). None: no limit, and a "
-        "prompt that leaves no room for a completion is a bad row.",
-        default=512,
-    )
-    ref_model_name_or_path: str | None = _help(
-        "The reference model spec. Default: the starting policy (a separate frozen copy; with LoRA, the policy "
-        "with its adapters disabled, no second copy).",
-        default=None,
-    )
-    precompute_ref_log_probs: bool = _help(
-        "Compute the reference log-probs once before training and cache them on disk (keyed by reference "
-        "weights, data and tokenization); the reference model is then not in memory while training.",
-        default=False,
-    )
-    ref_cache_dir: str | None = _help(
-        "Where precomputed reference log-probs are cached. Default: $ZEPHYR_CACHE/ref_logps.", default=None
-    )
-    padding_free: bool = _help(
-        "Pack each batch into one row with no padding. Off: pad pairs as TRL does.", default=True
-    )
-    prefix_sharing: bool = _help(
-        "Run each prompt once for its chosen and rejected completions (needs padding_free).", default=True
-    )
-    generate_during_eval: bool = _help("Accepted for handbook compatibility; unused.", default=False)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.loss_type not in DPO_LOSS_TYPES:
-            close = difflib.get_close_matches(self.loss_type, DPO_LOSS_TYPES, n=1)
-            hint = f"; did you mean `{close[0]}`?" if close else ""
-            raise ConfigError(
-                f"`loss_type` must be one of {', '.join(DPO_LOSS_TYPES)}; got {self.loss_type!r}{hint}"
-            )
-        if self.beta <= 0:
-            raise ConfigError(f"`beta` must be positive; got {self.beta}")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"`label_smoothing` must be in [0, 0.5); got {self.label_smoothing}")
-        if self.max_prompt_length is not None and not 0 < self.max_prompt_length < self.max_length:
-            raise ConfigError(
-                f"`max_prompt_length` ({self.max_prompt_length}) must be positive and below `max_length` "
-                f"({self.max_length}) to leave room for the completion"
-            )
-        if self.prefix_sharing and not self.padding_free:
-            self.prefix_sharing = False  # sharing a prompt needs the packed row layout
-        self.remove_unused_columns = False
-
-
-def effective_recipe(recipe: str | Path | None, overrides: Sequence[str], *configs) -> dict[str, Any]:
-    """What a run was asked to do, for model cards: every model/data setting plus each training key the
-    recipe file or the command line set, with the value actually used."""
+def effective_recipe(
+    recipe: str | Path | None, overrides: Sequence[str], *configs, in_full: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """What a run was asked to do, for model cards: every setting of the ``in_full`` configs plus each key
+    of the others that the recipe file or the command line set, with the value actually used."""
     given = read_recipe(recipe) | parse_overrides(overrides)
-    record = to_dict(*(c for c in configs if isinstance(c, (ModelArguments, DataArguments))))
-    effective = to_dict(*configs)
+    record = to_dict(*in_full)
+    effective = to_dict(*in_full, *configs)
     for key in given:
         name = KEY_ALIASES.get(key, key)
         if name in effective:

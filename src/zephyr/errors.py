@@ -6,7 +6,11 @@ class ZephyrError(Exception):
 
 
 class ConfigError(ZephyrError):
-    """A recipe or command-line setting is invalid."""
+    """A recipe or command-line setting is invalid; ``key`` names the setting when one is to blame."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 class ModelError(ZephyrError):
@@ -38,3 +42,8 @@ class DataError(ZephyrError):
         if field is not None:
             where.append(f"field `{field}`")
         super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+    def location(self) -> dict:
+        """The where-keywords this error was made with, to make a related error about the same place."""
+        keys = ("source", "line", "row", "field")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
+from zephyr.config import check_settings, setting
 from zephyr.errors import ModelError
+from zephyr.io import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +39,6 @@ DTYPES = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
-
-
-def cache_dir() -> Path:
-    """Where converted checkpoints and other caches live: ``$ZEPHYR_CACHE`` or ``~/.cache/zephyr``."""
-    return Path(os.environ.get("ZEPHYR_CACHE", Path.home() / ".cache" / "zephyr")).expanduser()
 
 
 def embedded_gguf_path() -> Path:
@@ -139,18 +136,52 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
 
 
 @dataclass
-class LoadSettings:
-    """How to load a model: the subset of ModelArguments that from_pretrained needs."""
+class ModelArguments:
+    """Which model to load and how (the handbook's ModelArguments keys)."""
 
-    dtype: str = "auto"
-    attn_implementation: str | None = None
-    device_map: str | None = None
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    bnb_4bit_quant_type: str = "nf4"
-    use_bnb_nested_quant: bool = False
-    revision: str = "main"
-    trust_remote_code: bool = False
+    model_name_or_path: str = setting(
+        "Model spec: a hub id, a local checkpoint dir, a .gguf file, or `smollm2-135m-instruct` (embedded).",
+        default="smollm2-135m-instruct",
+    )
+    model_revision: str = setting("Hub revision (branch, tag or commit).", default="main")
+    tokenizer_name_or_path: str | None = setting(
+        "Tokenizer spec if it differs from the model's.", default=None
+    )
+    torch_dtype: str = setting(
+        "Weights dtype: auto, float32/fp32, bfloat16/bf16 or float16/fp16.", default="auto"
+    )
+    attn_implementation: str | None = setting(
+        "Attention kernel: eager, sdpa, flex_attention or flash_attention_2. Default: transformers' choice.",
+        default=None,
+    )
+    use_flash_attention_2: bool = setting(
+        "Old handbook key: same as attn_implementation=flash_attention_2.", default=False
+    )
+    trust_remote_code: bool = setting("Allow custom modelling code from the hub.", default=False)
+    use_peft: bool = setting("Train LoRA adapters instead of all weights.", default=False)
+    lora_r: int = setting("LoRA rank.", default=16, ge=1)
+    lora_alpha: int = setting("LoRA scaling numerator (scale = alpha / r).", default=32, gt=0)
+    lora_dropout: float = setting("Dropout on the LoRA branch.", default=0.05, ge=0, lt=1)
+    lora_target_modules: list[str] | None = setting(
+        "Module names to adapt; default: every linear layer except the LM head.", default=None
+    )
+    lora_modules_to_save: list[str] | None = setting(
+        "Modules trained in full beside the adapters.", default=None
+    )
+    load_in_4bit: bool = setting(
+        "Load weights in 4 bit (QLoRA; needs bitsandbytes and a GPU).", default=False
+    )
+    load_in_8bit: bool = setting("Load weights in 8 bit (needs bitsandbytes and a GPU).", default=False)
+    bnb_4bit_quant_type: str = setting("4-bit quantization type.", default="nf4", choices=("nf4", "fp4"))
+    use_bnb_nested_quant: bool = setting("Double quantization of the 4-bit constants.", default=False)
+    device_map: str | None = setting(
+        "Where to place the weights (`auto` spreads a large model over the GPUs).", None
+    )
+
+    def __post_init__(self):
+        if self.use_flash_attention_2 and not self.attn_implementation:
+            self.attn_implementation = "flash_attention_2"
+        check_settings(self)
 
 
 def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | str:
@@ -164,7 +195,7 @@ def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | str:
     return DTYPES[name]
 
 
-def quantization_config(s: LoadSettings):
+def quantization_config(s: ModelArguments):
     """A BitsAndBytesConfig for 4/8-bit loading, or None. Fails clearly if bitsandbytes is missing."""
     if not (s.load_in_4bit or s.load_in_8bit):
         return None
@@ -174,7 +205,7 @@ def quantization_config(s: LoadSettings):
         raise ModelError("4/8-bit loading needs bitsandbytes: pip install 'zephyr[quant]' (and a CUDA GPU)")
     from transformers import BitsAndBytesConfig
 
-    compute = torch_dtype(s.dtype)
+    compute = torch_dtype(s.torch_dtype)
     return BitsAndBytesConfig(
         load_in_4bit=s.load_in_4bit,
         load_in_8bit=s.load_in_8bit,
@@ -185,15 +216,16 @@ def quantization_config(s: LoadSettings):
     )
 
 
-def load_model(spec: str, settings: LoadSettings | None = None, *, for_training: bool = False):
-    """Load a causal LM from any model spec. A PEFT adapter dir loads its base with the adapter attached."""
+def load_model(spec: str, settings: ModelArguments | None = None, *, for_training: bool = False):
+    """Load a causal LM from any model spec with the loading keys of ``settings`` (dtype, attention, 4/8 bit,
+    revision). A PEFT adapter dir loads its base with the adapter attached."""
     from transformers import AutoModelForCausalLM
 
-    s = settings or LoadSettings()
+    s = settings or ModelArguments(model_name_or_path=spec)
     path = resolve_model(spec)
     kwargs = dict(
-        dtype=torch_dtype(s.dtype),
-        revision=s.revision,
+        dtype=torch_dtype(s.torch_dtype),
+        revision=s.model_revision,
         trust_remote_code=s.trust_remote_code,
         quantization_config=quantization_config(s),
     )

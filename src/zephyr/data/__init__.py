@@ -1,6 +1,14 @@
 """Data: reading sources, checking and normalising rows, and mixing datasets into train/test splits."""
 
-from zephyr.data.loading import LoadResult, concat_rows, has_splits, load_rows, read_source
+from zephyr.data.loading import (
+    LoadResult,
+    concat_rows,
+    has_splits,
+    load_rows,
+    read_source,
+    source_rows,
+    write_dataset_dir,
+)
 from zephyr.data.mixture import load_datasets, load_mixer, load_mixture
 from zephyr.data.schemas import FEATURES, KINDS, MESSAGES, normalise_row, prompt_id_of
 
@@ -18,4 +26,6 @@ __all__ = [
     "normalise_row",
     "prompt_id_of",
     "read_source",
+    "source_rows",
+    "write_dataset_dir",
 ]

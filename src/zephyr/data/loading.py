@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from zephyr.data.schemas import FEATURES, check_kind, extra_columns, normalise_row, settle_types
 from zephyr.errors import ConfigError, DataError, ZephyrError
+from zephyr.io import read_jsonl, write_dir_atomic, write_json, write_jsonl
 from zephyr.resources import resolve_resource
 
 log = logging.getLogger(__name__)
@@ -172,20 +174,7 @@ def _read_file(path: Path, split: str | None):
 
 
 def _jsonl_items(path: Path):
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if raw.strip():
-                loc = {"source": str(path), "line": number}
-                yield loc, _parse_line(raw, loc)
-
-
-def _parse_line(raw: bytes, loc: dict) -> Any:
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        return DataError("is not valid UTF-8", **loc)
-    except json.JSONDecodeError as exc:
-        return DataError(f"malformed JSON: {exc.msg} (column {exc.colno})", **loc)
+    return read_jsonl(path, bad_lines="yield")
 
 
 def _read_json(path: Path, split: str | None) -> _Records:
@@ -353,3 +342,42 @@ def _normalise_batch(batch: dict, indices: list[int], *, kind, label, extras, ke
 def _cache_writable(ds: Dataset) -> bool:
     # map() writes its result next to the source's Arrow files; a read-only source is mapped in memory.
     return all(os.access(os.path.dirname(f["filename"]), os.W_OK) for f in ds.cache_files)
+
+
+def source_rows(
+    spec: str, *, split: str | None = None, config: str | None = None
+) -> Iterator[tuple[dict, Any, list[str]]]:
+    """``(location, raw row or DataError, the part's column names)`` for every row of any source that
+    ``read_source`` reads, so a stage can report each bad row instead of stopping at the first."""
+    for part in read_source(spec, split=split, config=config):
+        if hasattr(part, "items"):  # text files, parsed line by line (bad lines come as DataErrors)
+            names = sorted({k for _, raw in part.items if isinstance(raw, dict) for k in raw})
+            for loc, raw in part.items:
+                yield loc, raw, names
+        else:  # Arrow-backed: Parquet, saved datasets, the hub
+            names = part.dataset.column_names
+            for i, raw in enumerate(part.dataset):
+                yield {"source": part.label, "row": i}, raw, names
+
+
+def write_dataset_dir(
+    output_dir: str | os.PathLike, splits: dict[str, list[dict]], features, report_name: str, report: dict
+) -> None:
+    """Write splits as a `datasets` DatasetDict plus ``jsonl/<split>.jsonl`` and a JSON report, built in a
+    staging directory beside ``output_dir`` and swapped in whole (readers never see half an output)."""
+
+    def build(built: Path) -> None:
+        empty = {k: [] for k in features}
+        DatasetDict(
+            {
+                name: Dataset.from_list(rows, features=features)
+                if rows
+                else Dataset.from_dict(empty, features=features)
+                for name, rows in splits.items()
+            }
+        ).save_to_disk(str(built))
+        for name, rows in splits.items():
+            write_jsonl(built / "jsonl" / f"{name}.jsonl", rows)
+        write_json(built / report_name, report)
+
+    write_dir_atomic(output_dir, build)

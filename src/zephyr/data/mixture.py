@@ -24,7 +24,7 @@ from zephyr.data.loading import concat_rows, has_splits, load_rows
 from zephyr.errors import ConfigError
 
 if TYPE_CHECKING:
-    from zephyr.config import DataArguments
+    from zephyr.data.config import DataArguments
 
 log = logging.getLogger(__name__)
 

@@ -25,14 +25,13 @@ import logging
 import math
 import multiprocessing
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from zephyr.data import MESSAGES
-from zephyr.distill import cli
+from zephyr.config import setting
+from zephyr.data import MESSAGES, source_rows, write_dataset_dir
 from zephyr.distill.pairing import SCORE_FIELDS, PairRules, pair_rows
-from zephyr.distill.records import source_rows, write_dataset_dir
 from zephyr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -40,48 +39,44 @@ log = logging.getLogger(__name__)
 SPLITS = ("train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen")
 
 
-def _help(text: str, **kw) -> Any:
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass
 class BinarizeConfig:
     """Settings of `zephyr binarize`."""
 
-    input: str = _help(
+    input: str = setting(
         "Rated completions: the `zephyr feedback` output, or UltraFeedback-shaped rows "
         "(file, saved dataset or hub id).",
         default="",
     )
-    output_dir: str = _help("Directory to write (replaced whole when done).", default="")
-    score_field: str = _help(
+    output_dir: str = setting("Directory to write (replaced whole when done).", default="")
+    score_field: str = setting(
         f"The score that ranks completions: {', '.join(SCORE_FIELDS)} (an aspect name "
         "means that aspect's rating).",
         default="fine-grained_score",
     )
-    ties: str = _help(
+    ties: str = setting(
         "`keep`: the rejected reply may score the same as the chosen one (as UltraFeedback); "
         "`drop`: only strictly lower replies may be rejected.",
         default="keep",
     )
-    min_score_gap: float = _help(
+    min_score_gap: float = setting(
         "Smallest score difference allowed between chosen and rejected.", default=0.0
     )
-    test_size: float = _help(
+    test_size: float = setting(
         "Prompts held out for the test splits: a count (>= 1) or a fraction (< 1).", default=0.05
     )
-    test_sft_size: float | None = _help(
+    test_sft_size: float | None = setting(
         "Rows of test_sft/test_gen, taken from the test prompts: a count or a "
         "fraction of them. Default: all.",
         default=None,
     )
-    exclude_sources: list[str] = _help(
+    exclude_sources: list[str] = setting(
         "Drop prompts whose `source` is one of these (UltraFeedback dropped truthful_qa).",
         default_factory=list,
     )
-    input_split: str | None = _help("Split of the input source to read.", default=None)
-    seed: int = _help("Global seed of the rejected draw and the train/test split.", default=42)
-    num_proc: int = _help("Processes for pairing (the result does not depend on it).", default=1)
+    input_split: str | None = setting("Split of the input source to read.", default=None)
+    seed: int = setting("Global seed of the rejected draw and the train/test split.", default=42)
+    num_proc: int = setting("Processes for pairing (the result does not depend on it).", default=1)
 
     def __post_init__(self):
         if not self.input or not self.output_dir:
@@ -242,14 +237,3 @@ class BinarizeResult:
 
 def load_report(output_dir: str | Path) -> dict:
     return json.loads((Path(output_dir) / "binarize_report.json").read_text(encoding="utf-8"))
-
-
-# ---- command line -----------------------------------------------------------------------------------
-
-HELP = "Binarize rated completions into preference pairs and SFT/generation splits (ultrafeedback_binarized shape)."
-DESCRIPTION = cli.describe(HELP, BinarizeConfig, "zephyr binarize recipes/demo/binarize.yaml --ties=drop")
-add_arguments = cli.add_arguments
-
-
-def run(args, extra) -> int:
-    return cli.run_stage(BinarizeConfig, binarize, args, extra)

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
-from zephyr.data import MESSAGES, load_rows, prompt_id_of
-from zephyr.distill import cli
+from zephyr.config import setting
+from zephyr.data import MESSAGES, load_rows, prompt_id_of, source_rows, write_dataset_dir
 from zephyr.distill.overlap import Contamination, NearDuplicates, fingerprint
-from zephyr.distill.records import source_rows, write_dataset_dir
 from zephyr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -81,66 +80,67 @@ _FIRST_WORD = re.compile(r"^(\s*[\"'(\[]*)" + _WORD)
 _FORMULA_NEXT = re.compile(r"\s*[=(<>+*/^\[{'’]")
 
 
-def _help(text: str, **kw) -> Any:
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass
 class CleanConfig:
     """Settings of `zephyr clean`."""
 
-    input: str = _help(
+    # Old spellings (zephyr <= 0.1) -> the key used now: a length cap on a conversation is `max_length`.
+    ALIASES: ClassVar[dict[str, str]] = {"max_tokens": "max_length"}
+
+    input: str = setting(
         "Dialogues to clean: a file, saved dataset or hub id with `messages` rows.", default=""
     )
-    output_dir: str = _help("Directory to write (replaced whole when done).", default="")
-    splits: list[str] = _help(
+    output_dir: str = setting("Directory to write (replaced whole when done).", default="")
+    splits: list[str] = setting(
         "Splits of the input to clean (each written under its name). Default: the input's "
         "single table, written as `train_sft`.",
         default_factory=list,
     )
-    truecase: bool = _help("Capitalise lower-case sentence starts.", default=True)
-    truecase_roles: list[str] = _help(
+    truecase: bool = setting("Capitalise lower-case sentence starts.", default=True)
+    truecase_roles: list[str] = setting(
         "Roles whose turns are truecased.", default_factory=lambda: ["user", "assistant"]
     )
-    remove_disclaimers: bool = _help(
+    remove_disclaimers: bool = setting(
         "Remove assistant turns disclaiming emotions, opinions or being an AI.", default=True
     )
-    disclaimer_phrases: list[str] = _help(
+    disclaimer_phrases: list[str] = setting(
         "Case-insensitive regular expressions marking a disclaimer.",
         default_factory=lambda: list(DEFAULT_DISCLAIMERS),
     )
-    disclaimer_action: str = _help(
+    disclaimer_action: str = setting(
         "`truncate`: cut the dialogue before the user turn that led to the "
         "disclaimer (dropped if nothing is left); `drop`: drop the dialogue.",
         default="truncate",
     )
-    min_turns: int = _help("Fewest messages (user + assistant) a dialogue keeps.", default=2)
-    max_turns: int | None = _help("Most messages a dialogue may have.", default=None)
-    min_chars: int = _help("Fewest characters in a dialogue.", default=1)
-    max_chars: int | None = _help("Most characters in a dialogue.", default=None)
-    min_response_chars: int = _help("Fewest characters in every assistant reply.", default=1)
-    max_tokens: int | None = _help(
+    min_turns: int = setting("Fewest messages (user + assistant) a dialogue keeps.", default=2)
+    max_turns: int | None = setting("Most messages a dialogue may have.", default=None)
+    min_chars: int = setting("Fewest characters in a dialogue.", default=1)
+    max_chars: int | None = setting("Most characters in a dialogue.", default=None)
+    min_response_chars: int = setting("Fewest characters in every assistant reply.", default=1)
+    max_length: int | None = setting(
         "Most tokens in a dialogue rendered with `tokenizer`'s chat template.", default=None
     )
-    tokenizer: str | None = _help("Model spec whose tokenizer counts tokens for `max_tokens`.", default=None)
-    decontaminate: list[str] = _help(
+    tokenizer: str | None = setting(
+        "Model spec whose tokenizer counts tokens for `max_length`.", default=None
+    )
+    decontaminate: list[str] = setting(
         "Evaluation prompt files to decontaminate against (e.g. MT-Bench "
         "question.jsonl, AlpacaEval instructions); their `turns`, `instruction` or "
         "`prompt` are read.",
         default_factory=list,
     )
-    decontaminate_ngram: int = _help("Words per n-gram for decontamination.", default=10)
-    dedupe: bool = _help("Remove exact duplicates (ignoring case, spacing and punctuation).", default=True)
-    near_dedupe: bool = _help("Remove near-duplicates (MinHash over 5-word shingles).", default=True)
-    near_dup_threshold: float = _help(
+    decontaminate_ngram: int = setting("Words per n-gram for decontamination.", default=10)
+    dedupe: bool = setting("Remove exact duplicates (ignoring case, spacing and punctuation).", default=True)
+    near_dedupe: bool = setting("Remove near-duplicates (MinHash over 5-word shingles).", default=True)
+    near_dup_threshold: float = setting(
         "Estimated Jaccard similarity (of 5-word shingles) at which two dialogues are near-duplicates.",
         default=0.8,
     )
-    dedupe_on: str = _help(
+    dedupe_on: str = setting(
         "What duplicates are judged on: `conversation` or `prompt` (the first user turn).",
         default="conversation",
     )
-    examples: int = _help("Examples per filter kept in the report.", default=5)
+    examples: int = setting("Examples per filter kept in the report.", default=5)
 
     def __post_init__(self):
         if not self.input or not self.output_dir:
@@ -151,8 +151,8 @@ class CleanConfig:
             )
         if self.dedupe_on not in ("conversation", "prompt"):
             raise ConfigError(f"`dedupe_on` must be `conversation` or `prompt`; got {self.dedupe_on!r}")
-        if self.max_tokens is not None and not self.tokenizer:
-            raise ConfigError("`max_tokens` needs `tokenizer` (a model spec) to count tokens")
+        if self.max_length is not None and not self.tokenizer:
+            raise ConfigError("`max_length` needs `tokenizer` (a model spec) to count tokens")
         if not 0 < self.near_dup_threshold <= 1:
             raise ConfigError(f"`near_dup_threshold` must be in (0, 1]; got {self.near_dup_threshold}")
         try:
@@ -282,7 +282,7 @@ def _length_problem(cfg: CleanConfig, messages: list[dict], tokenizer) -> str | 
     if tokenizer is not None:
         from zephyr.chat import encode, render
 
-        if len(encode(tokenizer, render(tokenizer, messages))) > cfg.max_tokens:
+        if len(encode(tokenizer, render(tokenizer, messages))) > cfg.max_length:
             return "too_many_tokens"
     return None
 
@@ -403,7 +403,7 @@ def clean(cfg: CleanConfig) -> CleanResult:
             cfg.decontaminate_ngram,
         )
     tokenizer = None
-    if cfg.max_tokens is not None:
+    if cfg.max_length is not None:
         from zephyr.models import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.tokenizer)
@@ -444,16 +444,3 @@ class CleanResult:
                 counts = ", ".join(f"{k} {v}" for k, v in entry.items() if k != "examples")
                 lines.append(f"    {f}: {counts}")
         return "\n".join(lines)
-
-
-# ---- command line -----------------------------------------------------------------------------------
-
-HELP = (
-    "Clean SFT dialogues: truecasing, AI-disclaimer removal, length filters, decontamination, deduplication."
-)
-DESCRIPTION = cli.describe(HELP, CleanConfig, "zephyr clean recipes/demo/clean.yaml")
-add_arguments = cli.add_arguments
-
-
-def run(args, extra) -> int:
-    return cli.run_stage(CleanConfig, clean, args, extra)

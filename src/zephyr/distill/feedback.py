@@ -14,12 +14,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from zephyr.distill import cli
+from zephyr.config import setting
 from zephyr.distill.backends import Backend, BackendPool, GenerationParams, parse_spec
 from zephyr.distill.principles import stable_rng
-from zephyr.distill.records import SCHEMA_VERSION, Judgment, PromptRecord, Rating, read_jsonl
+from zephyr.distill.records import SCHEMA_VERSION, Judgment, PromptRecord, Rating
 from zephyr.distill.rubrics import (
     ASPECTS,
     RUBRIC_VERSION,
@@ -33,50 +32,47 @@ from zephyr.distill.rubrics import (
 from zephyr.distill.runner import StageResult, run_stage
 from zephyr.distill.verdicts import Verdict, parse_overall, parse_ratings, problems
 from zephyr.errors import ConfigError, DataError
+from zephyr.io import read_jsonl
 
 log = logging.getLogger(__name__)
-
-
-def _help(text: str, **kw) -> Any:
-    return field(metadata={"help": text}, **kw)
 
 
 @dataclass
 class FeedbackConfig:
     """Settings of `zephyr feedback`."""
 
-    input: str = _help("The `zephyr generate` output (JSONL) to rate.", default="")
-    output: str = _help("The JSONL file to write (and resume).", default="")
-    judge: str | dict = _help(
+    input: str = setting("The `zephyr generate` output (JSONL) to rate.", default="")
+    output: str = setting("The JSONL file to write (and resume).", default="")
+    judge: str | dict = setting(
         "Judge backend spec: a local model spec, or {type, model, base_url, ...}.", default=""
     )
-    aspects: list[str] = _help(
+    aspects: list[str] = setting(
         f"Aspects to rate, from: {', '.join(ASPECTS)}.", default_factory=lambda: list(ASPECTS)
     )
-    rationale: bool = _help(
+    rationale: bool = setting(
         "Ask for a rationale (and type) with each rating. Off: ratings only, which small "
         "judges manage far more often.",
         default=True,
     )
-    critique: bool = _help(
+    critique: bool = setting(
         "Also ask for UltraFeedback's written critique with a 1-10 `overall_score`, one "
         "request per completion.",
         default=False,
     )
-    max_tokens: int = _help("Longest judge reply per aspect request.", default=1024)
-    critique_max_tokens: int = _help("Longest critique reply.", default=512)
-    min_aspects: int | None = _help(
+    max_tokens: int = setting("Longest judge reply per aspect request.", default=1024)
+    critique_max_tokens: int = setting("Longest critique reply.", default=512)
+    min_aspects: int | None = setting(
         "Aspects that must be read for a completion to get a `fine-grained_score` "
         "(their mean). Default: all of `aspects`.",
         default=None,
     )
-    seed: int = _help(
+    seed: int = setting(
         "Seed of the per-prompt, per-aspect shuffle of the completions shown to the judge.", default=42
     )
-    concurrency: int = _help(
+    concurrency: int = setting(
         "Prompts judged at once (a local judge batches their requests together).", default=8
     )
-    progress: bool = _help("Show a progress bar.", default=True)
+    progress: bool = setting("Show a progress bar.", default=True)
 
     def __post_init__(self):
         if not self.input or not self.output or not self.judge:
@@ -243,7 +239,7 @@ def _raw(request: _Request) -> str:
 def read_completions(path: str) -> tuple[list[PromptRecord], list[DataError]]:
     """The `generate` rows to rate, and a DataError per unreadable line (reported, not fatal)."""
     records, bad, seen = [], [], set()
-    for loc, raw in read_jsonl(path):
+    for loc, raw in read_jsonl(path, bad_lines="yield"):
         try:
             if isinstance(raw, DataError):
                 raise raw
@@ -296,20 +292,9 @@ def feedback(cfg: FeedbackConfig) -> StageResult:
 def parse_rates(path: str) -> str:
     """How many ratings of each aspect were read, over everything in the output so far."""
     counts: dict[str, list[int]] = {}
-    for _, row in read_jsonl(path):
+    for _, row in read_jsonl(path, bad_lines="yield"):
         for c in row.get("completions", []) if isinstance(row, dict) else []:
             for aspect, r in (c.get("annotations") or {}).items():
                 read, total = counts.setdefault(aspect, [0, 0])
                 counts[aspect] = [read + (r.get("rating") is not None), total + 1]
     return "ratings read: " + ", ".join(f"{a} {k}/{t}" for a, (k, t) in counts.items())
-
-
-# ---- command line -----------------------------------------------------------------------------------
-
-HELP = "Rate generated completions with a judge model on UltraFeedback's four aspects, resumably."
-DESCRIPTION = cli.describe(HELP, FeedbackConfig, "zephyr feedback recipes/demo/feedback.yaml")
-add_arguments = cli.add_arguments
-
-
-def run(args, extra) -> int:
-    return cli.run_stage(FeedbackConfig, feedback, args, extra)

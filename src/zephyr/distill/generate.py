@@ -13,14 +13,13 @@ listed in ``<output>.failures.jsonl``; the run completes for the rest.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from zephyr.config import parse_config
-from zephyr.data import normalise_row, prompt_id_of
+from zephyr.config import on_error_setting, parse_config, setting
+from zephyr.data import normalise_row, prompt_id_of, source_rows
 from zephyr.data.schemas import extra_columns
-from zephyr.distill import cli
 from zephyr.distill.backends import BackendPool, GenerationParams, parse_spec
 from zephyr.distill.principles import (
     DEFAULT_PRINCIPLE_WEIGHTS,
@@ -30,32 +29,28 @@ from zephyr.distill.principles import (
     stable_rng,
     stable_seed,
 )
-from zephyr.distill.records import SCHEMA_VERSION, Completion, PromptRecord, source_rows
+from zephyr.distill.records import SCHEMA_VERSION, Completion, PromptRecord
 from zephyr.distill.runner import StageResult, run_stage
 from zephyr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 
-def _help(text: str, **kw) -> Any:
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass
 class TeacherConfig:
     """One member of the teacher pool: a backend plus how to sample from it."""
 
-    backend: str | dict = _help(
+    backend: str | dict = setting(
         "Backend spec: a local model spec, or {type, model, base_url, ...} (see zephyr.distill.backends)."
     )
-    name: str | None = _help(
+    name: str | None = setting(
         "Teacher name recorded with each completion. Default: `<model>@t<temperature>`.", default=None
     )
-    temperature: float = _help("Sampling temperature (0: greedy).", default=1.0)
-    top_p: float = _help("Nucleus sampling mass.", default=1.0)
-    max_tokens: int = _help("Longest completion in tokens.", default=512)
-    stop: list[str] = _help("Extra stop strings (generation always stops at EOS).", default_factory=list)
-    principles: dict[str, float] | None = _help(
+    temperature: float = setting("Sampling temperature (0: greedy).", default=1.0)
+    top_p: float = setting("Nucleus sampling mass.", default=1.0)
+    max_tokens: int = setting("Longest completion in tokens.", default=512)
+    stop: list[str] = setting("Extra stop strings (generation always stops at EOS).", default_factory=list)
+    principles: dict[str, float] | None = setting(
         "Principle weights for this teacher, overriding `principles_by_category` and `principles`.",
         default=None,
     )
@@ -79,52 +74,56 @@ class TeacherConfig:
 class GenerateConfig:
     """Settings of `zephyr generate`."""
 
-    prompts: str = _help(
+    prompts: str = setting(
         "Prompts: a .jsonl/.json/.parquet file, a saved dataset, a hub id, or zephyr:demo_prompts. "
         "Rows hold `prompt`, `messages`, `instruction` or `turns`.",
         default="",
     )
-    output: str = _help("The JSONL file to write (and resume).", default="")
-    teachers: list[dict] = _help(
+    output: str = setting("The JSONL file to write (and resume).", default="")
+    teachers: list[dict] = setting(
         "The teacher pool: a list of {backend, name, temperature, top_p, max_tokens, stop, principles}.",
         default_factory=list,
     )
-    completions_per_prompt: int = _help(
+    completions_per_prompt: int = setting(
         "Completions per prompt, each from a different teacher while the pool has enough (UltraFeedback: 4).",
         default=4,
     )
-    principles: dict[str, float] = _help(
+    principles: dict[str, float] = setting(
         "Principle -> weight, for drawing each completion's principle (built in: helpfulness, honesty, "
         "truthfulness, verbalized_calibration; `none` means no system prompt).",
         default_factory=lambda: dict(DEFAULT_PRINCIPLE_WEIGHTS),
     )
-    principles_by_category: dict[str, dict[str, float]] = _help(
+    principles_by_category: dict[str, dict[str, float]] = setting(
         "Principle weights for prompts of a given `category` (or `source`), as UltraFeedback varies them by "
         "source.",
         default_factory=dict,
     )
-    principle_prompts: dict[str, list[str]] = _help(
+    principle_prompts: dict[str, list[str]] = setting(
         "Extra or replacement principles: name -> list of system-prompt wordings.", default_factory=dict
     )
-    prompts_split: str | None = _help("Split of the prompts source to read.", default=None)
-    prompts_config: str | None = _help("Hub config of the prompts source.", default=None)
-    max_prompts: int | None = _help(
+    prompts_split: str | None = setting("Split of the prompts source to read.", default=None)
+    prompts_config: str | None = setting("Hub config of the prompts source.", default=None)
+    max_prompts: int | None = setting(
         "Use only the first N readable prompts (raise it later to extend a run).", default=None
     )
-    seed: int = _help("Global seed for teacher/principle draws and sampling seeds.", default=42)
-    concurrency: int = _help(
+    seed: int = setting("Global seed for teacher/principle draws and sampling seeds.", default=42)
+    concurrency: int = setting(
         "Prompts worked on at once (a local backend batches their requests together).", default=16
     )
-    on_bad_input: str = _help(
-        "An unreadable prompt row: `skip` reports it and goes on, `raise` stops.", default="skip"
-    )
-    progress: bool = _help("Show a progress bar.", default=True)
+    on_error: str = on_error_setting("skip")
+    progress: bool = setting("Show a progress bar.", default=True)
 
     def __post_init__(self):
         if not self.prompts or not self.output:
             raise ConfigError(
                 "`prompts` and `output` are required (e.g. prompts: zephyr:demo_prompts, "
                 "output: runs/demo/completions.jsonl)"
+            )
+        if not isinstance(self.teachers, list):
+            raise ConfigError(
+                "`teachers` must be a list of teachers, e.g. teachers: [{backend: smollm2-135m-instruct}]; "
+                f"got a {type(self.teachers).__name__}",
+                key="teachers",
             )
         if not self.teachers:
             raise ConfigError(
@@ -139,8 +138,6 @@ class GenerateConfig:
                 "`completions_per_prompt` and `concurrency` must be at least 1; got "
                 f"{self.completions_per_prompt} and {self.concurrency}"
             )
-        if self.on_bad_input not in ("skip", "raise"):
-            raise ConfigError(f"`on_bad_input` must be `skip` or `raise`; got {self.on_bad_input!r}")
         if self.max_prompts is not None and self.max_prompts < 1:
             raise ConfigError(f"`max_prompts` must be at least 1; got {self.max_prompts}")
         self.catalogue = principle_catalogue(self.principle_prompts)
@@ -307,7 +304,7 @@ def generate(cfg: GenerateConfig) -> StageResult:
     prompts, bad = read_prompts(
         cfg.prompts, split=cfg.prompts_split, config=cfg.prompts_config, limit=cfg.max_prompts
     )
-    if bad and cfg.on_bad_input == "raise":
+    if bad and cfg.on_error == "raise":
         raise bad[0]
     if not prompts:
         raise DataError("holds no readable prompt", source=cfg.prompts)
@@ -331,14 +328,3 @@ def generate(cfg: GenerateConfig) -> StageResult:
             bad_input=bad,
             progress=cfg.progress,
         )
-
-
-# ---- command line -----------------------------------------------------------------------------------
-
-HELP = "Generate completions for prompts from a pool of teacher models (UltraFeedback-style), resumably."
-DESCRIPTION = cli.describe(HELP, GenerateConfig, "zephyr generate recipes/demo/generate.yaml --max_prompts=8")
-add_arguments = cli.add_arguments
-
-
-def run(args, extra) -> int:
-    return cli.run_stage(GenerateConfig, generate, args, extra)

@@ -22,8 +22,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from zephyr.distill.records import EventLog, RowLog, write_json
 from zephyr.errors import ConfigError, DataError, ZephyrError
+from zephyr.io import EventLog, RowLog, write_json
 
 log = logging.getLogger(__name__)
 

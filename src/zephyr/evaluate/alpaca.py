@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 from zephyr.errors import ConfigError, DataError
 from zephyr.evaluate.judges import JudgePrompt, JudgeTask, parse_verdict
-from zephyr.evaluate.records import read_json, read_jsonl, write_json
 from zephyr.evaluate.runner import DEFAULT_CONCURRENCY, run_jobs
 from zephyr.evaluate.scoring import WinRate, normalise_preference, win_rate
+from zephyr.io import read_json, read_jsonl, write_json
 
 if TYPE_CHECKING:
     from zephyr.distill.backends import Backend, GenerationParams
@@ -49,7 +49,7 @@ def load_instructions(path: str | Path) -> list[dict]:
     because outputs and references are matched by instruction text."""
     path = Path(path)
     if path.suffix.lower() == ".jsonl":
-        rows = [(line, None, row) for line, row in read_jsonl(path)]
+        rows = [(loc["line"], None, row) for loc, row in read_jsonl(path, objects=True)]
     else:
         data = read_json(path)
         if not isinstance(data, list):

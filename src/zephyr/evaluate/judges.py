@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zephyr.errors import ConfigError, DataError
-from zephyr.evaluate.records import read_jsonl
 from zephyr.evaluate.runner import DEFAULT_CONCURRENCY, run_jobs
+from zephyr.io import read_jsonl
 
 if TYPE_CHECKING:
     from zephyr.distill.backends import Backend
@@ -137,7 +137,8 @@ def load_judge_prompts(path: str | Path | None) -> PromptSet:
             "the default judge prompts",
         )
     prompts = {}
-    for line, row in read_jsonl(path):
+    for loc, row in read_jsonl(path, objects=True):
+        line = loc["line"]
         prompt = _prompt_from_row(row, str(path), line)
         if prompt.name in prompts:
             raise DataError(

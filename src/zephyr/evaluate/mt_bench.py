@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING
 
 from zephyr.errors import ConfigError, DataError
 from zephyr.evaluate.judges import JudgeTask, PromptSet, parse_rating, parse_verdict
-from zephyr.evaluate.records import append_jsonl, read_jsonl, write_jsonl
 from zephyr.evaluate.runner import DEFAULT_CONCURRENCY, run_jobs
+from zephyr.evaluate.settings import MAX_NEW_TOKENS
+from zephyr.io import append_jsonl, read_jsonl, write_jsonl
 
 if TYPE_CHECKING:
     from zephyr.distill.backends import Backend
@@ -50,7 +51,6 @@ TEMPERATURES = {
 }
 DEFAULT_TEMPERATURE = 0.7  # a category FastChat does not know
 GREEDY_BELOW = 1e-4
-MAX_NEW_TOKENS = 1024
 REFERENCE_CATEGORIES = ("math", "reasoning", "coding", "arena-hard-200")
 CATEGORY_ORDER = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 
@@ -104,7 +104,8 @@ def _turns(value, source: str, line: int, field: str) -> tuple[str, ...]:
 def load_questions(path: str | Path) -> list[Question]:
     """Questions in FastChat's format; a bad row raises a DataError naming the file, line and field."""
     questions, seen = [], {}
-    for line, row in read_jsonl(path):
+    for loc, row in read_jsonl(path, objects=True):
+        line = loc["line"]
         qid = _question_id(row, str(path), line)
         if qid in seen:
             raise DataError(
@@ -129,7 +130,9 @@ def load_answers(path: str | Path, *, tolerate_torn_tail: bool = False) -> dict:
     """question_id -> answer record, from a model answer (or reference answer) file. A question answered
     twice keeps its last answer, as FastChat does when it reads the file."""
     answers = {}
-    for line, row in read_jsonl(path, tolerate_torn_tail=tolerate_torn_tail):
+    torn = "skip" if tolerate_torn_tail else "raise"
+    for loc, row in read_jsonl(path, objects=True, torn_tail=torn):
+        line = loc["line"]
         qid = _question_id(row, str(path), line)
         choices = row.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -443,7 +446,8 @@ def load_judgments(path: str | Path, kind: str) -> list[dict]:
         else ("question_id", "model_1", "model_2", "g1_winner", "g2_winner", "turn")
     )
     out = []
-    for line, row in read_jsonl(path, tolerate_torn_tail=True):
+    for loc, row in read_jsonl(path, objects=True, torn_tail="skip"):
+        line = loc["line"]
         for key in need:
             if key not in row:
                 raise DataError("is missing", source=str(path), line=line, field=key)

@@ -427,9 +427,9 @@ class Engine:
         **kwargs,
     ) -> Engine:
         """Load a model spec (hub id, directory, .gguf, embedded alias, LoRA adapter) and build an engine."""
-        from zephyr.models import LoadSettings, load_model, load_tokenizer
+        from zephyr.models import ModelArguments, load_model, load_tokenizer
 
-        model = load_model(spec, LoadSettings(dtype=dtype))
+        model = load_model(spec, ModelArguments(torch_dtype=dtype))
         if hasattr(model, "merge_and_unload"):  # a LoRA adapter: merged weights decode faster
             model = model.merge_and_unload()
         if device == "auto":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -10,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from zephyr.io import write_json
 from zephyr.serve.engine import Engine, InvalidRequest, SamplingParams
 
 HELP_TEXT = """Commands:
@@ -65,11 +65,7 @@ class ChatSession:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the conversation atomically, so an interrupted save never leaves half a file."""
         path = Path(path).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        record = {"model": self.model_name, "messages": self.conversation()}
-        tmp.write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_json(path, {"model": self.model_name, "messages": self.conversation()})
         return path
 
     def command(self, line: str) -> bool:

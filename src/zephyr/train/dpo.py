@@ -6,11 +6,13 @@ import gc
 import logging
 from pathlib import Path
 
-from zephyr.config import DataArguments, DPOConfig, ModelArguments, to_dict
+from zephyr.config import to_dict
+from zephyr.data.config import DataArguments
 from zephyr.errors import ConfigError
-from zephyr.models import fit_embeddings_to_tokenizer, load_model
+from zephyr.models import ModelArguments, fit_embeddings_to_tokenizer, load_model
 from zephyr.train.attention import use_packed_attention
 from zephyr.train.collate import PairCollator
+from zephyr.train.config import DPOConfig
 from zephyr.train.dpo_data import tokenize_preferences
 from zephyr.train.reference import precompute_reference_logps
 from zephyr.train.setup import load_run_tokenizer, log_batch_geometry, maybe_add_lora, save_trained
@@ -50,7 +52,7 @@ def prepare_dpo_data(tokenizer, data_args: DataArguments, args: DPOConfig) -> di
 def load_policy(model_args: ModelArguments, tokenizer):
     """The starting policy. An SFT LoRA adapter is merged into its base first, so the DPO adapters (or full
     weights) train on top of the SFT model and disabling them gives back exactly the SFT model."""
-    model = load_model(model_args.model_name_or_path, model_args.load_settings(), for_training=True)
+    model = load_model(model_args.model_name_or_path, model_args, for_training=True)
     if hasattr(model, "merge_and_unload"):
         log.info(
             "Merging the SFT adapter of %s into its base model before DPO", model_args.model_name_or_path
@@ -66,7 +68,7 @@ def load_reference(model_args: ModelArguments, args: DPOConfig, tokenizer):
     if model_args.use_peft and args.ref_model_name_or_path is None:
         return None
     spec = args.ref_model_name_or_path or model_args.model_name_or_path
-    ref = load_model(spec, model_args.load_settings())
+    ref = load_model(spec, model_args)
     if hasattr(ref, "merge_and_unload"):
         ref = ref.merge_and_unload()
     fit_embeddings_to_tokenizer(ref, tokenizer)

@@ -10,14 +10,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from zephyr.models import cache_dir
+from zephyr.io import cache_dir, write_atomic
 from zephyr.train.attention import restore_attention, use_packed_attention
 from zephyr.train.losses import sequence_logps
 
@@ -120,11 +118,7 @@ def precompute_reference_logps(
         for part_idx, part in parts:
             values[part_idx] = part
         if accelerator.is_main_process:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            torch.save(values, tmp)
-            os.replace(tmp, path)
+            write_atomic(path, lambda tmp: torch.save(values, tmp))
             log.info("%s: reference log-probs cached in %s", split, path)
     dataset = dataset.add_column("ref_chosen_logps", values[:, 0].tolist())
     return dataset.add_column("ref_rejected_logps", values[:, 1].tolist())

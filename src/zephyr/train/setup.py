@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from zephyr.config import ModelArguments
+from zephyr.models import ModelArguments
 from zephyr.train.attention import restore_attention, use_packed_attention
 
 log = logging.getLogger(__name__)

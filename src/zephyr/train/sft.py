@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zephyr.chat import tokenize_conversation, with_empty_system
-from zephyr.config import DataArguments, ModelArguments, SFTConfig, to_dict
-from zephyr.models import fit_embeddings_to_tokenizer, load_model
+from zephyr.config import to_dict
+from zephyr.data.config import DataArguments
+from zephyr.models import ModelArguments, fit_embeddings_to_tokenizer, load_model
 from zephyr.train.collate import PackedCollator, PaddedCollator, pack_best_fit
+from zephyr.train.config import SFTConfig
 from zephyr.train.setup import load_run_tokenizer, log_batch_geometry, maybe_add_lora, save_trained
 from zephyr.train.trainer import SFTTrainer
 
@@ -111,7 +113,7 @@ def sft(
         raise ConfigError(
             "The dataset has no training rows; check `dataset_mixer`/`dataset_mixture` and the splits"
         )
-    model = load_model(model_args.model_name_or_path, model_args.load_settings(), for_training=True)
+    model = load_model(model_args.model_name_or_path, model_args, for_training=True)
     if fit_embeddings_to_tokenizer(model, tokenizer):
         log.info("Grew the embedding matrix to %d rows for the added pad token", len(tokenizer))
     model = maybe_add_lora(model, model_args, args)

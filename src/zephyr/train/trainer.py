@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
+from zephyr.io import write_atomic
 from zephyr.train.losses import dpo_loss, sequence_logps, sft_loss_sum
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def write_model_card(
         "```",
         "",
     ]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    write_atomic(path, "\n".join(lines))
     return path
 
 

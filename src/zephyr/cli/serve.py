@@ -9,10 +9,8 @@ import logging
 import os
 from pathlib import Path
 
-HELP = "Serve a model over an OpenAI-compatible HTTP API (dynamic batching) with a web chat page at /."
 DESCRIPTION = (
-    HELP
-    + "\n\nEndpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /."
+    "Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /."
     "\nExample: zephyr serve smollm2-135m-instruct --port 8000"
     "\n         then point any OpenAI client at http://127.0.0.1:8000/v1"
 )

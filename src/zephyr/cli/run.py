@@ -1,11 +1,11 @@
-"""`zephyr run RECIPE.yaml`: run a whole recipe (or part of it) as one resumable pipeline."""
+"""`zephyr run RECIPE.yaml`: a whole recipe (or part of it) as one resumable pipeline."""
 
 from __future__ import annotations
 
-HELP = "Run a whole recipe: generate, feedback, binarize, sft, dpo, eval, report; skips finished stages."
 DESCRIPTION = (
-    HELP + "\n\nEach stage's outputs are keyed by a hash of its settings and inputs: a rerun skips finished "
-    "stages, redoes changed ones and resumes an interrupted one.\n"
+    "Each stage's outputs are keyed by a hash of its settings, its upstream stages and the contents of its "
+    "local input files: a rerun skips finished stages, redoes changed ones (and everything downstream) "
+    "and resumes an interrupted one. Per-stage overrides: --dpo.beta=0.05.\n"
     "Example: zephyr run recipes/demo/pipeline.yaml --dry-run"
 )
 

@@ -1,180 +1,37 @@
-"""The evaluation stages behind `zephyr eval`: their settings, and one function per stage.
+"""The benchmarks behind `zephyr eval`: one function per benchmark, and the table the CLI and the
+pipeline look them up in.
 
 ``mt_bench(settings)``, ``alpaca(settings)`` and ``prefs(settings)`` do the work and return the results
-they also write to disk; the CLI only parses settings and prints what comes back.
+they also write to disk; ``zephyr.evaluate.summary`` turns a result into the text the CLI prints.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Any
 
 from zephyr.errors import ConfigError, DataError
 from zephyr.evaluate import alpaca as ae
 from zephyr.evaluate import mt_bench as mtb
+from zephyr.evaluate import summary
 from zephyr.evaluate.judges import LETTER_OPTIONS, LETTER_PROMPT, load_judge_prompts, run_tasks
-from zephyr.evaluate.records import append_jsonl, read_jsonl, safe_name, write_json, write_jsonl
-from zephyr.evaluate.runner import DEFAULT_CONCURRENCY
 from zephyr.evaluate.scoring import summarize_pairwise, summarize_single
-from zephyr.resources import _DIR as RESOURCES
+from zephyr.evaluate.settings import (
+    BUILTIN_INSTRUCTIONS,
+    BUILTIN_QUESTIONS,
+    BUILTIN_REFERENCE_OUTPUTS,
+    BUILTIN_REFERENCES,
+    AlpacaSettings,
+    MTBenchSettings,
+    PrefsSettings,
+    open_backend,
+)
+from zephyr.io import append_jsonl, read_jsonl, safe_name, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
-
-BUILTIN_QUESTIONS = RESOURCES / "mt_bench_mini.jsonl"
-BUILTIN_REFERENCES = RESOURCES / "mt_bench_mini_reference.jsonl"
-BUILTIN_INSTRUCTIONS = RESOURCES / "alpaca_mini.jsonl"
-BUILTIN_REFERENCE_OUTPUTS = RESOURCES / "alpaca_mini_reference.json"
-MODES = ("single", "pairwise-baseline", "pairwise-all")
-
-
-def _help(text: str, **kw) -> Any:
-    return field(metadata={"help": text}, **kw)
-
-
-def _choices(text: str, choices: tuple, **kw) -> Any:
-    return field(metadata={"help": text, "choices": choices}, **kw)
-
-
-@dataclass
-class BackendSettings:
-    """Where answers come from and who judges them (shared by mt-bench and alpaca)."""
-
-    model: str | None = _help(
-        "The model to evaluate: a model spec (hub id, checkpoint dir, .gguf file, smollm2-135m-instruct), the "
-        "name a server serves (with --model-base-url), or a JSON backend spec such as "
-        '\'{"model": "smollm2-135m-instruct", "threads": 1}\' (see zephyr.distill.backends.BackendSpec). '
-        "Omit it to judge or score existing outputs.",
-        default=None,
-    )
-    model_base_url: str | None = _help(
-        "Generate through this OpenAI-compatible endpoint (ending in /v1).", default=None
-    )
-    model_name: str | None = _help(
-        "Name recorded in output files. Default: the model spec's last path part.", default=None
-    )
-    judge: str | None = _help(
-        "The judge: a model spec for a local judge, or with --judge-base-url the model an OpenAI-compatible "
-        "endpoint serves (e.g. gpt-4 at https://api.openai.com/v1), or a JSON backend spec. Omit it to only "
-        "generate.",
-        default=None,
-    )
-    judge_base_url: str | None = _help(
-        "The judge's OpenAI-compatible endpoint (ending in /v1).", default=None
-    )
-    judge_api_key_env: str | None = _help(
-        "Environment variable holding the judge endpoint's API key.", default=None
-    )
-    judge_prompts: str | None = _help(
-        "Judge prompt file in FastChat's judge_prompts.jsonl format. Default: the project's own prompts.",
-        default=None,
-    )
-    judge_max_tokens: int = _help("Longest judge reply in tokens.", default=2048)
-    concurrency: int = _help(
-        "Generations and judgments kept in flight at once (fills a batching backend).",
-        default=DEFAULT_CONCURRENCY,
-    )
-
-    def __post_init__(self):
-        for key in ("judge_max_tokens", "concurrency"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"`{key}` must be at least 1; got {getattr(self, key)}")
-
-    def model_spec(self) -> dict:
-        return backend_spec(self.model, self.model_base_url, None, self.model_name)
-
-    def judge_spec(self) -> dict:
-        return backend_spec(self.judge, self.judge_base_url, self.judge_api_key_env, None)
-
-
-def backend_spec(model: str, base_url: str | None, api_key_env: str | None, name: str | None) -> dict:
-    """A backend spec (see zephyr.distill.backends) from command-line values; ``model`` may be JSON."""
-    if model.lstrip().startswith("{"):
-        try:
-            spec = json.loads(model)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"The backend spec {model!r} is not valid JSON: {exc.msg}") from None
-        if not isinstance(spec, dict):
-            raise ConfigError(f"A JSON backend spec must be an object; got {model!r}")
-    else:
-        spec = {"model": model}
-    extra = {"type": "openai", "base_url": base_url} if base_url else {}
-    extra |= {"api_key_env": api_key_env} if api_key_env else {}
-    extra |= {"name": name} if name else {}
-    return spec | extra
-
-
-def _open(spec: dict):
-    from zephyr.distill.backends import make_backend
-
-    return make_backend(spec)
-
-
-# --- MT-Bench -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class MTBenchSettings(BackendSettings):
-    """`zephyr eval mt-bench`: answer, judge and score MT-Bench questions the way FastChat does."""
-
-    questions: str | None = _help(
-        "Question file in FastChat's format, e.g. ../shared/data/mt_bench/question.jsonl (the real 80). "
-        "Default: the built-in 16-question set.",
-        default=None,
-    )
-    reference_answers: str | None = _help(
-        "Reference answers for math, reasoning and coding (FastChat's reference_answer format, e.g. "
-        "reference_answer/gpt-4.jsonl). Default: the built-in set's own, with the built-in questions.",
-        default=None,
-    )
-    no_reference: bool = _help(
-        "Judge math, reasoning and coding without reference answers (not comparable with "
-        "published MT-Bench scores).",
-        default=False,
-    )
-    output_dir: str = _help(
-        "Where question.jsonl, model_answer/ and model_judgment/ go (FastChat's layout).",
-        default="runs/eval/mt_bench",
-    )
-    max_new_tokens: int = _help(
-        "Longest answer per turn in tokens (FastChat: 1024).", default=mtb.MAX_NEW_TOKENS
-    )
-    num_choices: int = _help(
-        "Answers per question (choice i samples with seed i); judges read choice 0.", default=1
-    )
-    mode: str = _choices(
-        "single: grade each answer 1-10; pairwise-baseline: compare each model with "
-        "--baseline-model, positions swapped; pairwise-all: compare every pair of models.",
-        MODES,
-        default="single",
-    )
-    baseline_model: str = _help(
-        "The baseline's name (its answers in model_answer/NAME.jsonl or --answer-files).",
-        default="gpt-3.5-turbo",
-    )
-    model_list: list[str] | None = _help(
-        "Models to judge. Default: the model just answered, else every model in model_answer/.", default=None
-    )
-    answer_files: list[str] | None = _help(
-        "More answer files to judge (FastChat format; the file name is the model name).", default=None
-    )
-    judgments: str | None = _help(
-        "Only score this judgment file (single or pairwise, FastChat format), as FastChat's show_result does.",
-        default=None,
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.mode not in MODES:
-            raise ConfigError(f"`mode` must be one of {', '.join(MODES)}; got {self.mode!r}")
-        if self.max_new_tokens < 1 or self.num_choices < 1:
-            raise ConfigError(
-                f"`max_new_tokens` and `num_choices` must be at least 1; got {self.max_new_tokens}, "
-                f"{self.num_choices}"
-            )
 
 
 def mt_bench(s: MTBenchSettings) -> dict:
@@ -194,7 +51,7 @@ def mt_bench(s: MTBenchSettings) -> dict:
     _keep_question_file(out, questions)
     answered = None
     if s.model:
-        with _open(s.model_spec()) as backend:
+        with open_backend(s.model_spec()) as backend:
             answered = backend.name
             mtb.generate_answers(
                 backend,
@@ -218,7 +75,7 @@ def mt_bench(s: MTBenchSettings) -> dict:
             )
         mtb.check_answers(questions, answers[model], model, sources[model])
     prompts = load_judge_prompts(s.judge_prompts)
-    with _open(s.judge_spec()) as judge:
+    with open_backend(s.judge_spec()) as judge:
         if s.mode == "single":
             results = _judge_single(s, judge, questions, answers, models, prompts, references, out)
         else:
@@ -243,7 +100,7 @@ def _keep_question_file(out: Path, questions: list) -> None:
     path = out / "question.jsonl"
     rows = [q.as_dict() for q in questions]
     if path.is_file():
-        old = [row for _, row in read_jsonl(path)]
+        old = [row for _, row in read_jsonl(path, objects=True)]
         if old == rows:
             return
         raise ConfigError(
@@ -338,7 +195,7 @@ def _pair_summary(records: list[dict], baseline: str | None) -> dict:
 def score_judgments(path: str, questions: str | None, baseline: str | None) -> dict:
     """Scores from an existing judgment file, exactly as FastChat's show_result computes them."""
     path = Path(path)
-    first = next((row for _, row in read_jsonl(path)), None)
+    first = next((row for _, row in read_jsonl(path, objects=True)), None)
     if first is None:
         raise DataError("holds no judgments", source=str(path))
     if "g1_winner" in first:
@@ -364,51 +221,6 @@ def score_judgments(path: str, questions: str | None, baseline: str | None) -> d
 
 
 # --- AlpacaEval ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class AlpacaSettings(BackendSettings):
-    """`zephyr eval alpaca`: AlpacaEval-format outputs, pairwise annotations and win rates."""
-
-    instructions: str | None = _help(
-        "Instructions (AlpacaEval's instructions.jsonl, or any JSON array with `instruction`), e.g. "
-        "../shared/data/alpaca_eval/instructions.jsonl. Default: the built-in set of 24.",
-        default=None,
-    )
-    reference_outputs: str | None = _help(
-        "Reference outputs to compare against (model_outputs.json format), e.g. "
-        "../shared/data/alpaca_eval/reference_text_davinci_003.json (AlpacaEval 1). Default, with the built-in "
-        "instructions: the built-in reference answers written for this project.",
-        default=None,
-    )
-    model_outputs: str | None = _help(
-        "Judge this model_outputs.json instead of (or besides) generating.", default=None
-    )
-    annotations: str | None = _help(
-        "Only recompute win rates from this AlpacaEval annotations file.", default=None
-    )
-    output_dir: str = _help(
-        "Where MODEL/model_outputs.json and MODEL/ANNOTATOR/annotations.json go.",
-        default="runs/eval/alpaca_eval",
-    )
-    max_new_tokens: int = _help("Longest output in tokens.", default=2048)
-    temperature: float = _help("Sampling temperature for the outputs (0 = greedy).", default=0.7)
-    top_p: float = _help("Nucleus sampling mass for the outputs.", default=1.0)
-    seed: int = _help("Sampling seed for the outputs, and the seed of the judge's position order.", default=0)
-    judge_verdict: str = _choices(
-        "text: the judge writes a comparison ending in [[A]] or [[B]]; logprobs: the judge answers one letter "
-        "and the preference is 1 + P(second better) from its first-token probabilities (every verdict readable, "
-        "graded like AlpacaEval 2.0's weighted annotators; a local judge, or an endpoint with `top_logprobs`).",
-        ("text", "logprobs"),
-        default="text",
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.judge_verdict not in ("text", "logprobs"):
-            raise ConfigError(f"`judge_verdict` must be text or logprobs; got {self.judge_verdict!r}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"`max_new_tokens` must be at least 1; got {self.max_new_tokens}")
 
 
 def alpaca(s: AlpacaSettings) -> dict:
@@ -437,7 +249,7 @@ def alpaca(s: AlpacaSettings) -> dict:
         prompt = LETTER_PROMPT
     else:
         prompt = load_judge_prompts(s.judge_prompts).pick("pairwise", False, False)
-    with _open(s.judge_spec()) as judge:
+    with open_backend(s.judge_spec()) as judge:
         annotations = _annotate(s, judge, prompt, outputs, references, str(reference_file), out)
     return alpaca_results(annotations, str(out))
 
@@ -450,7 +262,7 @@ def _alpaca_outputs(s: AlpacaSettings, instructions: list[dict], out: Path) -> l
         params = GenerationParams(
             temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens, seed=s.seed
         )
-        with _open(s.model_spec()) as backend:
+        with open_backend(s.model_spec()) as backend:
             path = out / safe_name(backend.name) / "model_outputs.json"
             outputs += ae.generate_outputs(
                 backend, instructions, backend.name, path, params, concurrency=s.concurrency
@@ -471,7 +283,7 @@ def _annotate(
     annotator = f"{judge.name}:{prompt.name}"
     cache = out / "annotations_cache" / f"{safe_name(annotator)}_seed{s.seed}.jsonl"
     done = (
-        {ae.annotation_key(r): r for _, r in read_jsonl(cache, tolerate_torn_tail=True)}
+        {ae.annotation_key(r): r for _, r in read_jsonl(cache, objects=True, torn_tail="skip")}
         if cache.is_file()
         else {}
     )
@@ -522,65 +334,12 @@ def alpaca_results(annotations: list[dict], source: str) -> dict:
 # --- preference accuracy ------------------------------------------------------------------------------
 
 
-@dataclass
-class PrefsSettings:
-    """`zephyr eval prefs`: preference accuracy of a model (and implicit rewards against a reference)."""
-
-    model: str = _help(
-        "The model to evaluate: a model spec (checkpoint dir, hub id, .gguf, LoRA adapter dir)."
-    )
-    data: str = _help(
-        "Held-out preference pairs: a file, saved dataset or hub id in a preference schema "
-        "(ultrafeedback_binarized, zephyr:demo_prefs, ...)."
-    )
-    ref_model: str | None = _help(
-        "The DPO reference (usually the SFT model). With it, the implicit-reward "
-        "metrics rewards/accuracies and rewards/margins are computed too.",
-        default=None,
-    )
-    split: str = _help(
-        "Split to read from a source with splits (ignored for a single file).", default="test_prefs"
-    )
-    beta: float = _help("DPO beta for the implicit rewards (0.1 paper, 0.01 handbook).", default=0.1)
-    loss_type: str = _help(
-        "DPO loss reported beside the rewards: sigmoid, robust, ipo or hinge.", default="sigmoid"
-    )
-    max_length: int = _help(
-        "Longest prompt + reply in tokens (replies are cut from the right).", default=1024
-    )
-    max_prompt_length: int | None = _help("Longest prompt in tokens (cut from the left).", default=512)
-    max_samples: int | None = _help("Score only the first N pairs.", default=None)
-    batch_size: int = _help("Pairs per forward pass.", default=8)
-    chat_template: str | None = _help(
-        "zephyr, chatml or Jinja source. Default: the model's own.", default=None
-    )
-    dtype: str = _help("Weights dtype: auto, fp32, bf16 or fp16.", default="auto")
-    on_error: str = _choices(
-        "A malformed pair: raise, or skip and count it.", ("raise", "skip"), default="raise"
-    )
-    output_dir: str = _help(
-        "Where the metrics JSON is written (one file per model).", default="runs/eval/prefs"
-    )
-
-    def __post_init__(self):
-        from zephyr.train.losses import DPO_LOSSES
-
-        if self.beta <= 0 or self.batch_size < 1:
-            raise ConfigError(
-                f"`beta` must be positive and `batch_size` at least 1; got {self.beta}, {self.batch_size}"
-            )
-        if self.loss_type not in DPO_LOSSES:
-            raise ConfigError(f"`loss_type` must be one of {', '.join(DPO_LOSSES)}; got {self.loss_type!r}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ConfigError(f"`max_samples` must be at least 1; got {self.max_samples}")
-
-
 def _scoring_model(spec: str, dtype: str, tokenizer):
     import torch
 
-    from zephyr.models import LoadSettings, fit_embeddings_to_tokenizer, load_model
+    from zephyr.models import ModelArguments, fit_embeddings_to_tokenizer, load_model
 
-    model = load_model(spec, LoadSettings(dtype=dtype))
+    model = load_model(spec, ModelArguments(torch_dtype=dtype))
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     fit_embeddings_to_tokenizer(model, tokenizer)
@@ -626,3 +385,17 @@ def prefs(s: PrefsSettings) -> dict:
     path = Path(s.output_dir) / f"{safe_name(Path(s.model.rstrip('/')).name)}.json"
     write_json(path, result)
     return result | {"output": str(path)}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    settings: type
+    run: Callable[..., dict]
+    show: Callable[[dict], str]
+
+
+BENCHMARKS = {
+    "mt_bench": Benchmark(MTBenchSettings, mt_bench, summary.show_mt_bench),
+    "alpaca": Benchmark(AlpacaSettings, alpaca, summary.show_alpaca),
+    "prefs": Benchmark(PrefsSettings, prefs, summary.show_prefs),
+}

@@ -1,4 +1,4 @@
-"""`zephyr export MODEL --output DIR`: merge a LoRA adapter into its base and save a plain checkpoint.
+"""Merge a LoRA adapter into its base and save a plain checkpoint.
 
 The result is what every serving stack expects: safetensors weights, config, generation config,
 tokenizer and chat template in one directory, loadable by ``AutoModelForCausalLM.from_pretrained``
@@ -12,53 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from zephyr.errors import ConfigError, ModelError
-
-HELP = "Merge a LoRA adapter into its base model and save a plain checkpoint (optionally push it to the hub)."
-DESCRIPTION = (
-    HELP + "\n\nExample: zephyr export runs/dpo --output runs/zephyr-merged"
-    "\n         zephyr export runs/dpo --base mistralai/Mistral-7B-v0.1 --output merged --push-to-hub me/zephyr"
-)
+from zephyr.io import write_dir_atomic
 
 log = logging.getLogger(__name__)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("model", help="LoRA adapter dir (or any model spec, saved as a plain checkpoint)")
-    parser.add_argument("--output", "-o", required=True, help="Directory for the merged checkpoint")
-    parser.add_argument(
-        "--base",
-        default=None,
-        help="Base model spec (default: `base_model_name_or_path` in adapter_config.json)",
-    )
-    parser.add_argument(
-        "--chat-template",
-        default=None,
-        help="zephyr, chatml or Jinja source to store (default: the tokenizer's own, else zephyr)",
-    )
-    parser.add_argument("--dtype", default="auto", help="auto (keep the checkpoint's), fp32, bf16 or fp16")
-    parser.add_argument("--overwrite", action="store_true", help="Replace an existing non-empty output dir")
-    parser.add_argument("--push-to-hub", metavar="REPO", default=None, help="Also upload to this hub repo")
-    parser.add_argument("--private", action="store_true", help="Create the hub repo as private")
-
-
-def run(args, extra) -> int:
-    out = export_model(
-        args.model,
-        args.output,
-        base=args.base,
-        chat_template=args.chat_template,
-        dtype=args.dtype,
-        overwrite=args.overwrite,
-        push_to_hub=args.push_to_hub,
-        private=args.private,
-    )
-    print(f"Merged checkpoint saved to {out}")
-    return 0
 
 
 def is_main_process() -> bool:
@@ -121,9 +80,9 @@ def _has_tokenizer(adapter: Path | None) -> bool:
 
 
 def _load_base(spec: str, dtype: str):
-    from zephyr.models import LoadSettings, load_model
+    from zephyr.models import ModelArguments, load_model
 
-    return load_model(spec, LoadSettings(dtype=dtype))
+    return load_model(spec, ModelArguments(torch_dtype=dtype))
 
 
 def _merge(base_model, adapter: Path):
@@ -139,17 +98,12 @@ def _merge(base_model, adapter: Path):
 
 def _save_atomically(model, tokenizer, output: Path) -> None:
     """Write into a temporary sibling dir, then swap it in, so a crash never leaves half a checkpoint."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir_atomic(output, build)
 
 
 def push_folder(folder: Path, repo: str, private: bool = False) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from zephyr.serve_cli import add_model_arguments, build_engine, served_name
+from zephyr.cli.serve import add_model_arguments, build_engine, served_name
 
-HELP = "Chat with a model in the terminal (streamed replies; /reset, /system, /save, /exit)."
 DESCRIPTION = (
-    HELP + "\n\nExample: zephyr chat smollm2-135m-instruct --system 'You are terse.' --temperature 0.7"
+    "Commands: /reset, /system, /save, /exit.\nExample: zephyr chat smollm2-135m-instruct --system 'You are terse.' --temperature 0.7"
     "\n         zephyr chat runs/demo/sft --prompt 'Give me three tips for writing a clear email.'"
 )
 

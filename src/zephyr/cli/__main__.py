@@ -1,0 +1,7 @@
+"""`python -m zephyr.cli ...` (what torchrun, accelerate launch and the pipeline start)."""
+
+import sys
+
+from zephyr.cli import main
+
+sys.exit(main())

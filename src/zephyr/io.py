@@ -1,0 +1,317 @@
+"""Files that survive a crash: one atomic writer, one JSON Lines reader, append-only row logs.
+
+Every stage writes through here, so there is one answer to "what does a kill -9 leave behind?":
+
+- whole files (``write_atomic``, ``write_json``, ``write_jsonl``) and whole directories
+  (``write_dir_atomic``) are built beside their target, fsynced and renamed into place: readers see the
+  old content or the new, never a mix;
+- growing outputs (``append_jsonl``, ``RowLog``) gain one whole, flushed line per finished record; a
+  line torn by a crash is cut off by the next writer, so it is redone, never half-read;
+- ``read_jsonl`` yields ``(location, row)`` with ``location = {"source": path, "line": n}``, ready to be
+  passed to ``DataError(..., **location)``; its keywords choose what a bad line or a torn last line does.
+
+Nothing here imports torch, transformers or datasets.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from zephyr.errors import DataError, ZephyrError
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+
+def cache_dir() -> Path:
+    """zephyr's cache (converted models, reference log-probs): ``$ZEPHYR_CACHE``, else ~/.cache/zephyr."""
+    return Path(os.environ.get("ZEPHYR_CACHE") or Path.home() / ".cache" / "zephyr").expanduser()
+
+
+def safe_name(name: str) -> str:
+    """A model or judge name usable as a file name (`org/model` -> `org_model`)."""
+    cleaned = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name.strip())
+    return cleaned.strip(".") or "model"
+
+
+# ---- whole files and directories -------------------------------------------------------------------
+
+
+def write_atomic(path: PathLike, data: str | bytes | Callable[[Path], None]) -> None:
+    """Replace ``path`` with ``data`` (text, bytes, or a callback that writes the file it is given)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if callable(data):
+            os.close(fd)
+            data(Path(tmp))
+            fd = os.open(tmp, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: PathLike, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def jsonl_text(rows: Iterable[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def write_jsonl(path: PathLike, rows: Iterable[dict]) -> None:
+    write_atomic(path, jsonl_text(rows))
+
+
+def staging_dir(target: PathLike) -> Path:
+    """An empty directory beside ``target`` to build it in (same filesystem, so the final rename is atomic)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.parent))
+
+
+def replace_dir(built: Path, target: Path) -> None:
+    """Move a fully built directory into place, replacing an older one (the swap is two renames)."""
+    target = Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(built, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_dir_atomic(target: PathLike, build: Callable[[Path], None]) -> Path:
+    """Build a directory with ``build(staging)`` and swap it in whole; a failure leaves ``target`` as it was."""
+    target = Path(target)
+    built = staging_dir(target)
+    try:
+        build(built)
+        _fsync_tree(built)
+        replace_dir(built, target)
+    except BaseException:
+        shutil.rmtree(built, ignore_errors=True)
+        raise
+    return target
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+
+
+def read_json(path: PathLike) -> Any:
+    """A JSON document; a DataError names the file (and line) of anything unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("no such file", source=str(path))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DataError("is not valid UTF-8", source=str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"malformed JSON: {exc.msg} (column {exc.colno})", source=str(path), line=exc.lineno
+        ) from None
+
+
+def parse_line(raw: bytes, loc: dict) -> Any:
+    """One JSON Lines line, or the DataError saying why it cannot be read."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return DataError("is not valid UTF-8", **loc)
+    except json.JSONDecodeError as exc:
+        return DataError(f"malformed JSON: {exc.msg} (column {exc.colno})", **loc)
+
+
+def read_jsonl(
+    path: PathLike,
+    *,
+    bad_lines: Literal["raise", "yield"] = "raise",
+    torn_tail: Literal["raise", "skip"] = "raise",
+    objects: bool = False,
+) -> Iterator[tuple[dict, Any]]:
+    """``(location, row)`` for every non-blank line of a JSON Lines file.
+
+    ``bad_lines="yield"`` hands an unreadable line over as ``(location, DataError)`` for the caller to
+    report; ``torn_tail="skip"`` drops an unreadable *last* line (a record a crash cut short) with a
+    warning; ``objects=True`` requires every row to be a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("no such file", source=str(path))
+    lines = path.read_bytes().splitlines()
+    last = max((i for i, raw in enumerate(lines) if raw.strip()), default=-1)
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        loc = {"source": str(path), "line": i + 1}
+        row = parse_line(raw, loc)
+        if not isinstance(row, DataError) and objects and not isinstance(row, dict):
+            row = DataError(f"must be a JSON object, got {type(row).__name__}", **loc)
+        if isinstance(row, DataError):
+            if torn_tail == "skip" and i == last:
+                log.warning("%s, line %d: ignoring an incomplete last record (%s)", path, i + 1, row.reason)
+                return
+            if bad_lines == "raise":
+                raise row
+        yield loc, row
+
+
+# ---- appending -------------------------------------------------------------------------------------
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut off a last line with no newline: a record a crash left half-written, which was never finished."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        keep = f.read().rfind(b"\n") + 1
+        log.warning("%s: dropping an incomplete last record left by an interrupted run", path)
+        f.truncate(keep)
+
+
+def append_jsonl(path: PathLike, records: Iterable[dict]) -> None:
+    """Append records and make them durable before returning (they count as finished work)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = jsonl_text(records)
+    if not text:
+        return
+    drop_torn_tail(path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class RowLog:
+    """An append-only JSONL output that a stage resumes: one line per finished row, written whole and
+    flushed at once. Holds an exclusive lock, so two runs can never interleave rows in one file.
+
+    ``existing()`` repairs a torn last line (a run killed mid-write) and returns the rows already there.
+    """
+
+    def __init__(self, path: PathLike, sync_every: float = 2.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise ZephyrError(
+                f"{self.path} is being written by another run; wait for it or use another output"
+            ) from None
+        self._sync_every, self._last_sync = sync_every, time.monotonic()
+
+    def existing(self) -> list[dict]:
+        """The complete rows already written, after cutting off a torn last line."""
+        data = self._read_all()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            log.warning(
+                "%s: dropping an incomplete last line (%d bytes) left by an interrupted run; its row "
+                "will be redone",
+                self.path,
+                len(data) - end,
+            )
+            os.ftruncate(self._fd, end)
+        rows = []
+        for number, raw in enumerate(data[:end].split(b"\n"), start=1):
+            if raw.strip():
+                row = parse_line(raw, {"source": str(self.path), "line": number})
+                if isinstance(row, DataError):
+                    raise DataError(f"{row.reason}; fix or remove the line to resume", **row.location())
+                rows.append(row)
+        return rows
+
+    def _read_all(self) -> bytes:
+        size = os.fstat(self._fd).st_size
+        chunks, offset = [], 0
+        while offset < size:
+            chunk = os.pread(self._fd, min(1 << 24, size - offset), offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+
+    def append(self, row: dict) -> None:
+        line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        view = memoryview(line)
+        while view:  # one write for all but enormous rows; loop in case the kernel takes less
+            view = view[os.write(self._fd, view) :]
+        if time.monotonic() - self._last_sync > self._sync_every:
+            os.fsync(self._fd)
+            self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)  # also releases the lock
+            self._fd = -1
+
+    def __enter__(self) -> RowLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class EventLog:
+    """A small JSONL side file (failures, skipped input), rewritten per run and flushed per line."""
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+        self.count = 0
+        self._file = None
+
+    def add(self, event: dict) -> None:
+        if self._file is None:
+            self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._file.write(json.dumps({"time": round(time.time(), 3), **event}, ensure_ascii=False) + "\n")
+        self._file.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+        elif self.path.exists():
+            self.path.unlink()  # a clean run leaves no stale failures behind

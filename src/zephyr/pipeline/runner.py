@@ -1,0 +1,240 @@
+"""`zephyr run RECIPE.yaml`: the whole recipe as one resumable sequence of stages.
+
+A pipeline recipe has a ``run_dir`` and one section per stage (generate, feedback, binarize, clean,
+sft, dpo, eval, report; any subset, in that order). Each section holds that stage's own recipe
+keys; what a stage needs from an earlier one (its input data, its starting model) is filled in when
+the section leaves it out (``zephyr.pipeline.stages``). Every stage runs as its own subcommand,
+``zephyr STAGE run_dir/STAGE/recipe.yaml``, so a stage of a pipeline and the same command run by hand
+do exactly the same thing.
+
+A stage whose ``stage.json`` records the same key (``zephyr.pipeline.keys``) is skipped; a changed one
+is redone (and so is everything downstream, whose keys change with it); one that started but has no
+``stage.json`` was interrupted and is resumed (trainers from their last checkpoint, generate/feedback
+from their last row).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from zephyr.config import check_keys, load_yaml
+from zephyr.errors import ConfigError, ZephyrError
+from zephyr.io import read_json, write_atomic, write_json
+from zephyr.pipeline.keys import input_digests, stage_key
+from zephyr.pipeline.stages import STAGES, PipelineContext, StageSpec
+
+log = logging.getLogger(__name__)
+
+STAGE_FILE = "stage.json"
+
+
+@dataclass
+class Plan:
+    run_dir: Path
+    stages: list[tuple[StageSpec, dict]]  # (spec, raw section) in pipeline order
+    processes: int = 1
+
+
+@dataclass
+class WiredStage:
+    spec: StageSpec
+    settings: dict
+    key: str
+    stage_dir: Path
+    outputs: dict[str, str]
+    produced_before: list[str]  # every output of the stages before this one
+
+
+def expand_env(value):
+    """Replace ${VAR} in every string of a recipe (judge endpoints and keys come from the environment)."""
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    return os.path.expandvars(value) if isinstance(value, str) else value
+
+
+def unset_variables(value) -> set[str]:
+    """Names of ${VAR} references left in a recipe because the variable is not set."""
+    return set(re.findall(r"\$\{(\w+)\}", yaml.safe_dump(value)))
+
+
+def load_plan(recipe_path: str | Path, overrides: dict | None = None) -> Plan:
+    path = Path(recipe_path)
+    if not path.is_file():
+        raise ConfigError(f"Pipeline recipe not found: {path}")
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: a pipeline recipe must be a mapping (run_dir, then one section per stage)"
+        )
+    for dotted, value in (overrides or {}).items():  # `--sft.max_steps=5` sets a key of one stage
+        stage, _, key = dotted.partition(".")
+        if key:
+            raw[stage] = {**(raw.get(stage) or {}), key: value}
+        else:
+            raw[dotted] = value
+    raw = expand_env(raw)
+    check_keys(raw, ["run_dir", "processes", *STAGES], str(path))
+    if "run_dir" not in raw:
+        raise ConfigError(f"{path}: a pipeline recipe needs `run_dir`")
+    for name in STAGES:
+        if raw.get(name) is not None and not isinstance(raw[name], dict):
+            raise ConfigError(f"{path}: section `{name}` must be a mapping of its keys; got {raw[name]!r}")
+    stages = [(STAGES[name], raw[name] or {}) for name in STAGES if name in raw]
+    if not stages:
+        raise ConfigError(f"{path}: no stage sections; expected some of {', '.join(STAGES)}")
+    processes = raw.get("processes", 1)
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ConfigError(f"{path}: `processes` must be a whole number >= 1; got {processes!r}")
+    return Plan(Path(raw["run_dir"]), stages, processes)
+
+
+def select(plan: Plan, start: str | None, only: str | None) -> set[str]:
+    names = [s.name for s, _ in plan.stages]
+    for wanted in (start, only):
+        if wanted is not None and wanted not in names:
+            raise ConfigError(f"Stage `{wanted}` is not in this recipe; its stages: {', '.join(names)}")
+    if only:
+        return {only}
+    if start:
+        return set(names[names.index(start) :])
+    return set(names)
+
+
+def prepare(plan: Plan) -> list[WiredStage]:
+    """Wire every stage and compute its key, without running anything (used by --dry-run too)."""
+    ctx = PipelineContext(plan.run_dir)
+    wired = []
+    for spec, section in plan.stages:
+        settings = spec.wire(section, ctx)
+        produced = ctx.produced()
+        upstream = {s: ctx.keys.get(s) for s in spec.reads}
+        key = stage_key(spec.name, settings, upstream, input_digests(settings, produced))
+        ctx.keys[spec.name] = key
+        ctx.outputs[spec.name] = spec.outputs(ctx.stage_dir(spec.name), settings)
+        wired.append(
+            WiredStage(spec, settings, key, ctx.stage_dir(spec.name), ctx.outputs[spec.name], produced)
+        )
+    return wired
+
+
+def read_stage_record(stage_dir: Path, name: str = STAGE_FILE) -> dict | None:
+    try:
+        record = read_json(stage_dir / name)
+    except ZephyrError:  # missing or unreadable: the stage did not finish, so it (re)runs
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def stage_command(spec: StageSpec, recipe: Path, processes: int) -> list[str]:
+    """The subprocess that runs one stage: plain, or under torchrun for several processes.
+
+    torchrun starts N real processes on CPU (gloo) and GPU alike; accelerate launch on CPU routes
+    multi-process runs through mpirun, which machines often lack.
+    """
+    base = ["-m", "zephyr.cli", spec.name, str(recipe)]
+    if processes > 1 and spec.trains:
+        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", *base]
+    return [sys.executable, *base]
+
+
+def _resumable(stage: WiredStage) -> dict | None:
+    """The settings to rerun an interrupted stage with, or None when what is there must be cleared."""
+    record = read_stage_record(stage.stage_dir)
+    if record is not None or not stage.stage_dir.exists() or not any(stage.stage_dir.iterdir()):
+        return None
+    recipe = stage.stage_dir / "recipe.yaml"
+    prior = yaml.safe_load(recipe.read_text(encoding="utf-8")) if recipe.is_file() else None
+    if not isinstance(prior, dict):
+        return None
+    resume = stage.spec.resume_settings
+    if {k: v for k, v in prior.items() if k not in resume} != stage.settings:
+        return None
+    prior_key = read_stage_record(stage.stage_dir, "key.json") or {}
+    if prior_key.get("key") not in (None, stage.key):
+        return None  # same settings, but an input file changed: start over
+    return {**stage.settings, **resume}
+
+
+def run_stage(stage: WiredStage, processes: int) -> float:
+    """Run one stage to completion (resuming if it was interrupted) and record it. Returns seconds."""
+    settings = _resumable(stage)
+    if settings is not None:
+        log.info("Stage %s was interrupted; resuming it", stage.spec.name)
+    else:
+        settings = stage.settings
+        if stage.stage_dir.exists():
+            shutil.rmtree(stage.stage_dir)
+    stage.stage_dir.mkdir(parents=True, exist_ok=True)
+    recipe = stage.stage_dir / "recipe.yaml"
+    write_atomic(recipe, yaml.safe_dump(settings, sort_keys=True))
+    write_json(stage.stage_dir / "key.json", {"key": stage.key})
+    cmd = stage_command(stage.spec, recipe, processes)
+    log.info("Stage %s: %s", stage.spec.name, " ".join(cmd))
+    start = time.time()
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise ConfigError(
+            f"Stage `{stage.spec.name}` failed (exit code {proc.returncode}); fix the cause and rerun "
+            f"`zephyr run`: finished stages are kept and this one resumes"
+        )
+    seconds = time.time() - start
+    record = {"stage": stage.spec.name, "key": stage.key, "seconds": seconds}
+    write_json(stage.stage_dir / STAGE_FILE, {**record, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return seconds
+
+
+def run_pipeline(
+    recipe_path: str | Path,
+    *,
+    start: str | None = None,
+    only: str | None = None,
+    dry_run: bool = False,
+    overrides: dict | None = None,
+) -> dict:
+    """Run (or with ``dry_run`` validate and plan) a pipeline recipe; returns a summary per stage."""
+    from zephyr.pipeline.validate import validate_stage
+
+    plan = load_plan(recipe_path, overrides)
+    chosen = select(plan, start, only)
+    for spec, section in plan.stages:
+        missing = unset_variables(section)
+        if missing and spec.name in chosen:
+            message = f"stage `{spec.name}` uses unset environment variable(s): {', '.join(sorted(missing))}"
+            if not dry_run:
+                raise ConfigError(message)
+            log.warning("%s (set them before running)", message)
+    summary = {}
+    for stage in prepare(plan):
+        record = read_stage_record(stage.stage_dir)
+        done = record is not None and record.get("key") == stage.key
+        if dry_run:
+            validate_stage(stage.spec.name, stage.settings, stage.produced_before)
+            state = "up to date" if done else ("would run" if stage.spec.name in chosen else "not selected")
+        elif stage.spec.name not in chosen:
+            state = "not selected"
+        elif done:
+            state = "skipped (up to date)"
+        else:
+            state = f"ran in {run_stage(stage, plan.processes):.0f} s"
+        summary[stage.spec.name] = {"state": state, "dir": str(stage.stage_dir), "outputs": stage.outputs}
+    return summary
+
+
+def print_summary(summary: dict, dry_run: bool) -> None:
+    print("\nPlan:" if dry_run else "\nSummary:")
+    for name, info in summary.items():
+        print(f"  {name:9s} {info['state']:24s} {info['dir']}")
+        for what, where in info["outputs"].items():
+            print(f"  {'':9s}   {what}: {where}")
