@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, append_to_benchmarks, emit_side, peak_rss_gb, run_side  # noqa: E402
-from sft_throughput import StepTimer  # noqa: E402
+from common import SHARED_DATA, append_to_benchmarks, emit_side, peak_rss_gb, run_side
+from sft_throughput import StepTimer
 
 DATA = SHARED_DATA / "ultrafeedback" / "binarized_sample_train1000.jsonl"
 

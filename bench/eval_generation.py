@@ -24,13 +24,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_to_benchmarks, emit_side, run_side  # noqa: E402
+from common import append_to_benchmarks, emit_side, run_side
 
 MAX_BATCHED_S = 300.0
 
 
 def side(opts, concurrency: int) -> dict:
-    from zephyr.evaluate.stages import MTBenchSettings, mt_bench
+    from zephyr.evaluate.benchmarks import mt_bench
+    from zephyr.evaluate.settings import MTBenchSettings
     from zephyr.models import load_tokenizer
 
     out = Path(tempfile.mkdtemp(prefix="bench-eval-"))
@@ -67,7 +68,7 @@ def main() -> None:
     p.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
     opts = p.parse_args()
     if opts.side:
-        from zephyr.evaluate.runner import DEFAULT_CONCURRENCY
+        from zephyr.generation.jobs import DEFAULT_CONCURRENCY
 
         emit_side(side(opts, DEFAULT_CONCURRENCY if opts.side == "batched" else 1))
         return

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_to_benchmarks  # noqa: E402
+from common import append_to_benchmarks
 
 MIN_SPEEDUP = 3.0
 

@@ -50,7 +50,7 @@ new MutationObserver(() => {
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    from zephyr.serve.engine import Engine
+    from zephyr.generation.engine import Engine
     from zephyr.serve.server import ServerThread, create_app
 
     with Engine.from_spec(str(tiny_model_dir), max_batch_size=4) as engine:

@@ -192,9 +192,14 @@ def test_whole_float_for_int_field(tmp_path):
     assert s.max_steps == 1000 and isinstance(s.max_steps, int)
 
 
-def test_old_handbook_ignored_keys_are_accepted(tmp_path):
+def test_old_handbook_ignored_keys_are_accepted(tmp_path, caplog):
     recipe = write(tmp_path, f"overwrite_output_dir: true\nhub_private_repo: true\noutput_dir: {tmp_path}\n")
-    parse_config(SFT, recipe)
+    with caplog.at_level("INFO", logger="zephyr.config"):
+        configs = parse_config(SFT, recipe)
+    # Dropped, not passed on (transformers 5 has no such argument) ...
+    assert not any(hasattr(c, "overwrite_output_dir") for c in configs)
+    # ... and the user is told why.
+    assert "Ignoring `overwrite_output_dir`" in caplog.text and "transformers 5 removed it" in caplog.text
 
 
 @pytest.mark.parametrize(

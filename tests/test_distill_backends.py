@@ -16,19 +16,13 @@ import urllib.request
 import pytest
 import torch
 
-from zephyr.distill.backends import (
-    Backend,
-    BackendError,
-    BackendPool,
-    Coalescer,
-    GenerationParams,
-    OpenAIBackend,
-    make_backend,
-    parse_spec,
-)
 from zephyr.errors import ConfigError
+from zephyr.generation.backends import Backend, BackendPool, make_backend, parse_spec
+from zephyr.generation.openai import OpenAIBackend
+from zephyr.generation.params import BackendError, SamplingParams
+from zephyr.generation.vllm import Coalescer
 
-SEEDED = GenerationParams(temperature=1.0, max_tokens=10, seed=7)
+SEEDED = SamplingParams(temperature=1.0, max_tokens=10, seed=7)
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello there"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour " * 6}],
@@ -163,7 +157,7 @@ def fast_retries(url: str, **kw) -> dict:
 
 @pytest.fixture(scope="module")
 def serve_engine(tiny_model_dir):
-    from zephyr.serve.engine import Engine
+    from zephyr.generation.engine import Engine
 
     with Engine.from_spec(str(tiny_model_dir), max_batch_size=16) as engine:
         yield engine
@@ -188,11 +182,11 @@ def local(tiny_model_dir):
 
 
 def test_generation_params_are_checked():
-    assert GenerationParams(stop="###").stop == ("###",)
-    assert GenerationParams(seed=5).seed_of(2) == 7 and GenerationParams().seed_of(1) is None
+    assert SamplingParams(stop="###").stop == ("###",)
+    assert SamplingParams(seed=5).seed_of(2) == 7 and SamplingParams().seed_of(1) is None
     for bad in ({"temperature": -1}, {"top_p": 0}, {"max_tokens": 0}, {"n": 0}):
         with pytest.raises(ConfigError, match=f"`{next(iter(bad))}`"):
-            GenerationParams(**bad)
+            SamplingParams(**bad)
 
 
 def test_backend_specs_parse_with_clear_errors():
@@ -228,7 +222,7 @@ def test_vllm_backend_without_vllm_says_how_to_get_it():
 
 
 def test_local_backend_batches_reproducibly(local):
-    batched = local.generate(CONVERSATIONS, GenerationParams(temperature=1.0, max_tokens=10, seed=7, n=2))
+    batched = local.generate(CONVERSATIONS, SamplingParams(temperature=1.0, max_tokens=10, seed=7, n=2))
     assert [len(g) for g in batched] == [2, 2, 2]
     alone = [local.generate([c], SEEDED)[0][0] for c in CONVERSATIONS]
     for row, single in zip(batched, alone, strict=True):
@@ -239,12 +233,12 @@ def test_local_backend_batches_reproducibly(local):
 
 
 def test_local_backend_stops_at_stop_strings(local):
-    params = GenerationParams(temperature=1.0, max_tokens=24, seed=3)
+    params = SamplingParams(temperature=1.0, max_tokens=24, seed=3)
     full = local.generate([CONVERSATIONS[0]], params)[0][0]
     assert full.finish_reason == "length" and len(full.text) > 12
     stop = full.text[8:12]
     cut = local.generate(
-        [CONVERSATIONS[0]], GenerationParams(temperature=1.0, max_tokens=24, seed=3, stop=(stop,))
+        [CONVERSATIONS[0]], SamplingParams(temperature=1.0, max_tokens=24, seed=3, stop=(stop,))
     )[0][0]
     assert cut.finish_reason == "stop"
     assert cut.text == full.text[: full.text.index(stop)]
@@ -264,9 +258,9 @@ def test_local_backend_fails_only_the_row_that_does_not_fit(local):
 
 def test_openai_backend_against_zephyr_serve_matches_local(served, local):
     with make_backend({"type": "openai", "model": "tiny", "base_url": served}) as remote:
-        params = GenerationParams(temperature=1.0, max_tokens=10, seed=7, n=2)
+        params = SamplingParams(temperature=1.0, max_tokens=10, seed=7, n=2)
         assert remote.generate(CONVERSATIONS, params) == local.generate(CONVERSATIONS, params)
-        greedy = GenerationParams(max_tokens=6)
+        greedy = SamplingParams(temperature=0.0, max_tokens=6)
         assert remote.generate(CONVERSATIONS[:1], greedy) == local.generate(CONVERSATIONS[:1], greedy)
 
 
@@ -279,11 +273,12 @@ def test_openai_backend_api_key_from_named_env_var(serve_engine, monkeypatch):
         with make_backend(
             {"type": "openai", "model": "tiny", "base_url": url, "api_key_env": "TEST_ZEPHYR_KEY"}
         ) as b:
-            assert b.generate(CONVERSATIONS[:1], GenerationParams(max_tokens=3))[0][0].completion_tokens > 0
+            out = b.generate(CONVERSATIONS[:1], SamplingParams(temperature=0.0, max_tokens=3))
+            assert out[0][0].completion_tokens > 0
         monkeypatch.setenv("TEST_ZEPHYR_KEY", "wrong")
         with make_backend(fast_retries(url, api_key_env="TEST_ZEPHYR_KEY")) as b:
             with pytest.raises(BackendError, match=r"HTTP 401.*\$TEST_ZEPHYR_KEY") as info:
-                b.generate(CONVERSATIONS[:1], GenerationParams(max_tokens=3))
+                b.generate(CONVERSATIONS[:1], SamplingParams(temperature=0.0, max_tokens=3))
             assert info.value.attempts == 1 and not info.value.retryable  # a refusal is not retried
         monkeypatch.delenv("TEST_ZEPHYR_KEY")
         with pytest.raises(BackendError, match="TEST_ZEPHYR_KEY, which is not set"):
@@ -295,7 +290,7 @@ def test_openai_backend_retries_transient_faults_then_succeeds(served, fault):
     plan = lambda body, attempt: fault if attempt <= 2 else "pass"  # noqa: E731
     with FaultProxy(served, plan, hang_seconds=2.0) as proxy:
         with make_backend(fast_retries(proxy.url)) as backend:
-            out = backend.generate(CONVERSATIONS[:1], GenerationParams(max_tokens=4))
+            out = backend.generate(CONVERSATIONS[:1], SamplingParams(temperature=0.0, max_tokens=4))
     assert out[0][0].completion_tokens > 0
     assert proxy.attempts["Hello there"] == 3
 
@@ -313,7 +308,7 @@ def test_openai_backend_gives_up_after_max_retries(served, fault, reason):
     with FaultProxy(served, lambda body, attempt: fault, hang_seconds=2.0) as proxy:
         with make_backend(fast_retries(proxy.url, max_retries=1)) as backend:
             with pytest.raises(BackendError, match=reason) as info:
-                backend.generate(CONVERSATIONS[:1], GenerationParams(max_tokens=4))
+                backend.generate(CONVERSATIONS[:1], SamplingParams(temperature=0.0, max_tokens=4))
     assert info.value.attempts == 2 and info.value.retryable and info.value.index == 0
     assert proxy.attempts["Hello there"] == 2
 
@@ -324,7 +319,7 @@ def test_openai_backend_does_not_retry_a_bad_request(served):
         make_backend(fast_retries(proxy.url)) as backend,
     ):
         with pytest.raises(BackendError, match="HTTP 400.*bad request: no"):
-            backend.generate(CONVERSATIONS[:1], GenerationParams(max_tokens=4))
+            backend.generate(CONVERSATIONS[:1], SamplingParams(temperature=0.0, max_tokens=4))
     assert proxy.attempts["Hello there"] == 1
 
 
@@ -333,7 +328,7 @@ def test_openai_backend_reports_the_failing_row_and_keeps_the_others(served):
     conversations = [CONVERSATIONS[0], [{"role": "user", "content": "Why?"}], CONVERSATIONS[1]]
     with FaultProxy(served, plan) as proxy, make_backend(fast_retries(proxy.url)) as backend:
         with pytest.raises(BackendError) as info:
-            backend.generate(conversations, GenerationParams(max_tokens=4))
+            backend.generate(conversations, SamplingParams(temperature=0.0, max_tokens=4))
     err = info.value
     assert err.index == 1 and str(err).startswith("row 1:")
     assert (
@@ -349,7 +344,7 @@ def test_openai_backend_bounds_concurrency(served):
         FaultProxy(served, delay=0.3) as proxy,
         make_backend(fast_retries(proxy.url, concurrency=2, timeout=30)) as b,
     ):
-        out = b.generate(conversations, GenerationParams(max_tokens=2))
+        out = b.generate(conversations, SamplingParams(temperature=0.0, max_tokens=2))
     assert len(out) == 6 and proxy.max_in_flight == 2
 
 
@@ -360,7 +355,7 @@ def test_connection_refused_is_retried_then_reported():
     with make_backend(fast_retries(f"http://127.0.0.1:{port}/v1", max_retries=2)) as backend:
         started = time.monotonic()
         with pytest.raises(BackendError, match="connection failed.*Refused") as info:
-            backend.generate(CONVERSATIONS[:1], GenerationParams(max_tokens=4))
+            backend.generate(CONVERSATIONS[:1], SamplingParams(temperature=0.0, max_tokens=4))
     assert info.value.attempts == 3 and time.monotonic() - started < 5
 
 

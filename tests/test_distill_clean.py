@@ -17,9 +17,9 @@ from zephyr.distill.clean import (
     clean,
     cut_before,
     find_disclaimer,
-    truecase,
 )
 from zephyr.distill.overlap import Contamination, NearDuplicates, fingerprint
+from zephyr.distill.truecase import truecase
 from zephyr.errors import ConfigError
 
 OFF = {"truecase": False, "remove_disclaimers": False, "dedupe": False, "near_dedupe": False}

@@ -11,13 +11,14 @@ import pytest
 
 from test_distill_backends import serve_engine, served  # noqa: F401 - fixtures
 from zephyr.config import parse_config
-from zephyr.distill import backends as backends_module
-from zephyr.distill.backends import Backend, BackendError, Generation
 from zephyr.distill.feedback import FeedbackConfig, feedback, judge_prompt, read_completions, shown_order
 from zephyr.distill.records import Completion, PromptRecord
 from zephyr.distill.rubrics import ASPECTS, RUBRICS, aspect_messages, aspect_prompt, instruction_text
 from zephyr.distill.verdicts import parse_overall, parse_ratings, problems
 from zephyr.errors import ConfigError
+from zephyr.generation import backends as backends_module
+from zephyr.generation.backends import Backend
+from zephyr.generation.params import BackendError, Generation
 
 # ---- parsing ----------------------------------------------------------------------------------------
 

@@ -13,9 +13,10 @@ from test_eval_fakes import ScriptedBackend, use_backends
 from zephyr.cli import main
 from zephyr.errors import ConfigError, DataError
 from zephyr.evaluate import alpaca as ae
-from zephyr.evaluate import stages
-from zephyr.evaluate.runner import RunInterrupted
+from zephyr.evaluate import benchmarks
+from zephyr.evaluate import settings as ev_settings
 from zephyr.evaluate.scoring import win_rate
+from zephyr.generation.jobs import RunInterrupted
 
 
 def test_published_zephyr_annotations_give_90_60(capsys):
@@ -33,7 +34,7 @@ def test_recomputed_numbers_match_the_leaderboard_row():
     )
     with open(shared_file("alpaca_eval/leaderboard_v1_alpaca_eval_gpt4.csv")) as f:
         row = next(r for r in csv.DictReader(f) if r[""] == "zephyr-7b-beta")
-    ours = stages.alpaca_results(annotations, "published")["models"]["zephyr-7b-beta"]
+    ours = benchmarks.alpaca_results(annotations, "published")["models"]["zephyr-7b-beta"]
     assert ours["win_rate"] == pytest.approx(float(row["win_rate"]), abs=1e-9)
     assert ours["standard_error"] == pytest.approx(float(row["standard_error"]), abs=1e-9)
     for key in ("n_wins", "n_wins_base", "n_draws", "n_total", "avg_length"):
@@ -81,13 +82,13 @@ def fair_judge(conversation, params):
 
 def run_alpaca(tmp_path, monkeypatch, judge, **kw) -> dict:
     use_backends(monkeypatch, m=ScriptedBackend("tiny-model", model_reply), j=judge)
-    return stages.alpaca(stages.AlpacaSettings(model="m", judge="j", output_dir=str(tmp_path), **kw))
+    return benchmarks.alpaca(ev_settings.AlpacaSettings(model="m", judge="j", output_dir=str(tmp_path), **kw))
 
 
 def test_builtin_flow_writes_alpaca_files(tmp_path, monkeypatch, capsys):
     judge = ScriptedBackend("judge-x", fair_judge)
     result = run_alpaca(tmp_path, monkeypatch, judge, max_new_tokens=32, temperature=0.0)
-    instructions = ae.load_instructions(stages.BUILTIN_INSTRUCTIONS)
+    instructions = ae.load_instructions(ev_settings.BUILTIN_INSTRUCTIONS)
     assert len(instructions) == 24
 
     outputs = json.loads((tmp_path / "tiny-model" / "model_outputs.json").read_text())
@@ -170,7 +171,7 @@ def test_letter_verdicts_need_a_judge_that_can_score(tmp_path, monkeypatch):
     with pytest.raises(RunInterrupted, match="cannot score options"):
         run_alpaca(tmp_path, monkeypatch, ScriptedBackend("judge-x", fair_judge), judge_verdict="logprobs")
     with pytest.raises(ConfigError, match="judge_verdict"):
-        stages.AlpacaSettings(judge="j", judge_verdict="probs")
+        ev_settings.AlpacaSettings(judge="j", judge_verdict="probs")
     prompts = shared_file("mt_bench/judge_prompts.jsonl")
     with pytest.raises(ConfigError, match="do not go together"):
         run_alpaca(
@@ -184,14 +185,14 @@ def test_letter_verdicts_need_a_judge_that_can_score(tmp_path, monkeypatch):
 
 def test_position_biased_judge_gives_the_switched_share(tmp_path, monkeypatch):
     result = run_alpaca(tmp_path, monkeypatch, ScriptedBackend("judge-x", lambda c, p: "Output A. [[A]]"))
-    instructions = [x["instruction"] for x in ae.load_instructions(stages.BUILTIN_INSTRUCTIONS)]
+    instructions = [x["instruction"] for x in ae.load_instructions(ev_settings.BUILTIN_INSTRUCTIONS)]
     switched = sum(ae.is_switched(i, 0) for i in instructions)
     assert 0 < switched < 24
     assert result["models"]["tiny-model"]["win_rate"] == pytest.approx(100 * switched / 24)
 
 
 def test_unreadable_verdicts_are_missing_and_identical_outputs_tie(tmp_path, monkeypatch):
-    references = ae.load_outputs(stages.BUILTIN_REFERENCE_OUTPUTS)
+    references = ae.load_outputs(ev_settings.BUILTIN_REFERENCE_OUTPUTS)
     outputs = [dict(r, generator="copycat") for r in references[:4]] + [
         {
             "instruction": r["instruction"],
@@ -207,15 +208,15 @@ def test_unreadable_verdicts_are_missing_and_identical_outputs_tie(tmp_path, mon
     use_backends(monkeypatch, j=judge)
     refs = tmp_path / "refs.json"
     refs.write_text(json.dumps(references[:5]))
-    settings = stages.AlpacaSettings(
+    settings = ev_settings.AlpacaSettings(
         model_outputs=str(path), judge="j", reference_outputs=str(refs), output_dir=str(tmp_path / "o")
     )
     with pytest.raises(
         ConfigError, match=r"no reference output for 1 instruction\(s\), e.g. 'Write a polite email"
     ):
-        stages.alpaca(settings)
+        benchmarks.alpaca(settings)
     refs.write_text(json.dumps(references))
-    result = stages.alpaca(settings)
+    result = benchmarks.alpaca(settings)
     model = result["models"]["copycat"]
     assert len(judge.calls) == 2  # identical outputs are a tie without asking the judge
     assert (model["n_draws"], model["n_total"], model["n_missing"]) == (4, 4, 2)
@@ -267,6 +268,6 @@ def test_own_instructions_need_reference_outputs(tmp_path, monkeypatch):
         monkeypatch, m=ScriptedBackend("tiny-model", model_reply), j=ScriptedBackend("j", fair_judge)
     )
     with pytest.raises(ConfigError, match="give --reference-outputs"):
-        stages.alpaca(
-            stages.AlpacaSettings(model="m", judge="j", instructions=str(path), output_dir=str(tmp_path))
+        benchmarks.alpaca(
+            ev_settings.AlpacaSettings(model="m", judge="j", instructions=str(path), output_dir=str(tmp_path))
         )

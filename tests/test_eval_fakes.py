@@ -13,14 +13,15 @@ from collections.abc import Callable
 
 import pytest
 
-from zephyr.distill.backends import Backend, BackendError, Generation, GenerationParams
+from zephyr.generation.backends import Backend
+from zephyr.generation.params import BackendError, Generation, SamplingParams
 
 
 class ScriptedBackend(Backend):
     def __init__(
         self,
         name: str,
-        reply: Callable[[list[dict], GenerationParams], str],
+        reply: Callable[[list[dict], SamplingParams], str],
         fail_after: int | None = None,
         scores: Callable[[list[dict], tuple], dict] | None = None,
     ):
@@ -28,7 +29,7 @@ class ScriptedBackend(Backend):
         self.reply = reply
         self.scores = scores  # option log-probs per conversation; without it the backend cannot score options
         self.fail_after = fail_after
-        self.calls: list[tuple[list[dict], GenerationParams]] = []
+        self.calls: list[tuple[list[dict], SamplingParams]] = []
         self.closed = False
         self._lock = threading.Lock()
 
@@ -60,14 +61,14 @@ class ScriptedBackend(Backend):
 
 def use_backends(monkeypatch, **backends: ScriptedBackend) -> None:
     """Make the evaluation stages open ``backends[spec model]`` instead of loading anything."""
-    from zephyr.evaluate import stages
+    from zephyr.evaluate import benchmarks
 
-    monkeypatch.setattr(stages, "_open", lambda spec: backends[spec["model"]])
+    monkeypatch.setattr(benchmarks, "open_backend", lambda spec: backends[spec["model"]])
 
 
 def test_scripted_backend_records_calls_and_fails_on_cue():
     backend = ScriptedBackend("b", lambda c, p: c[-1]["content"].upper(), fail_after=2)
-    params = GenerationParams()
+    params = SamplingParams(temperature=0.0, max_tokens=512)
     assert backend.generate([[{"role": "user", "content": "hi"}]], params)[0][0].text == "HI"
     backend.generate([[{"role": "user", "content": "x"}]], params)
     with pytest.raises(BackendError, match="scripted outage"):

@@ -14,8 +14,10 @@ from conftest import shared_file
 from test_eval_fakes import ScriptedBackend, use_backends
 from zephyr.cli import main
 from zephyr.errors import ConfigError, DataError
+from zephyr.evaluate import benchmarks
 from zephyr.evaluate import mt_bench as mtb
-from zephyr.evaluate import stages
+from zephyr.evaluate import mt_bench_matches as matches
+from zephyr.evaluate import settings as ev_settings
 from zephyr.evaluate.judges import (
     DEFAULT_PROMPTS,
     FASTCHAT_NAMES,
@@ -23,8 +25,8 @@ from zephyr.evaluate.judges import (
     parse_rating,
     parse_verdict,
 )
-from zephyr.evaluate.runner import RunInterrupted
 from zephyr.evaluate.scoring import summarize_pairwise
+from zephyr.generation.jobs import RunInterrupted
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -122,7 +124,7 @@ def test_single_scores_follow_fastchat_show_result(tmp_path):
         ],
     )
     oracle = fastchat_single(path)
-    result = stages.score_judgments(str(path), None, None)["models"]
+    result = benchmarks.score_judgments(str(path), None, None)["models"]
     for model, expected in oracle.items():
         assert result[model]["turns"]["1"] == pytest.approx(expected["turn1"])
         assert result[model]["turns"]["2"] == pytest.approx(expected["turn2"])
@@ -221,11 +223,11 @@ def test_two_score_verdicts():
 
 
 def test_builtin_questions_two_per_category_with_references():
-    questions = mtb.load_questions(stages.BUILTIN_QUESTIONS)
+    questions = mtb.load_questions(ev_settings.BUILTIN_QUESTIONS)
     assert len(questions) == 16 and all(len(q.turns) == 2 for q in questions)
     counts = {c: sum(q.category == c for q in questions) for c in mtb.CATEGORY_ORDER}
     assert counts == dict.fromkeys(mtb.CATEGORY_ORDER, 2)
-    references = mtb.load_answers(stages.BUILTIN_REFERENCES)
+    references = mtb.load_answers(ev_settings.BUILTIN_REFERENCES)
     mtb.require_references(questions, references, "built-in")
     assert set(references) == {q.question_id for q in questions if q.needs_reference}
 
@@ -237,14 +239,14 @@ def test_real_mt_bench_files_load_and_fill_every_prompt():
     assert len(questions) == 80 and [q.question_id for q in questions] == list(range(81, 161))
     mtb.require_references(questions, references, "gpt-4 references")
     answers = {"m": {q.question_id: mtb.answer_record(q.question_id, "m", [["x", "y"]]) for q in questions}}
-    single = mtb.single_tasks(questions, answers, prompts, references, "gpt-4")
+    single = matches.single_tasks(questions, answers, prompts, references, "gpt-4")
     assert len(single) == 160
     used = {t.key[3] for t in single}
     assert used == {"single-v1", "single-v1-multi-turn", "single-math-v1", "single-math-v1-multi-turn"}
     math_turn2 = next(t for t in single if t.key[0] == 111 and t.key[4] == 2)
     user = math_turn2.conversations[0][-1]["content"]
     assert answer_text(references[111], 1) in user and "### Reference answer:" in user
-    pairs = mtb.pair_tasks(questions, [("m", "m")], answers, prompts, references, "gpt-4")
+    pairs = matches.pair_tasks(questions, [("m", "m")], answers, prompts, references, "gpt-4")
     assert {t.key[4] for t in pairs} == {
         "pair-v2",
         "pair-v2-multi-turn",
@@ -260,16 +262,16 @@ def answer_text(record: dict, turn_index: int) -> str:
 def test_default_prompts_cover_every_job_and_fill_cleanly():
     prompts = load_judge_prompts(None)
     assert len(DEFAULT_PROMPTS) == len(FASTCHAT_NAMES)
-    questions = mtb.load_questions(stages.BUILTIN_QUESTIONS)
-    refs = mtb.load_answers(stages.BUILTIN_REFERENCES)
+    questions = mtb.load_questions(ev_settings.BUILTIN_QUESTIONS)
+    refs = mtb.load_answers(ev_settings.BUILTIN_REFERENCES)
     answers = {
         "m": {q.question_id: mtb.answer_record(q.question_id, "m", [["ANS1", "ANS2"]]) for q in questions}
     }
-    for task in mtb.single_tasks(questions, answers, prompts, refs, "j"):
+    for task in matches.single_tasks(questions, answers, prompts, refs, "j"):
         text = task.conversations[0][-1]["content"]
         assert "{" not in text.replace("{}", "") or "```" in text
         assert ("ANS2" in text) == (task.key[4] == 2)
-    for task in mtb.pair_tasks(questions, [("m", "m")], answers, prompts, refs, "j"):
+    for task in matches.pair_tasks(questions, [("m", "m")], answers, prompts, refs, "j"):
         assert len(task.conversations) == 2
 
 
@@ -316,8 +318,8 @@ def test_missing_reference_answers_list_the_questions(tmp_path, capsys):
     with pytest.raises(
         ConfigError, match=r"no reference answer for question\(s\) 2, 4\. .*--reference-answers"
     ):
-        stages.mt_bench(
-            stages.MTBenchSettings(
+        benchmarks.mt_bench(
+            ev_settings.MTBenchSettings(
                 model="m",
                 questions=str(questions),
                 reference_answers=str(refs),
@@ -351,7 +353,7 @@ def echo_model(conversation, params):
 
 def test_answers_follow_fastchat_rules_and_format(tmp_path):
     model = ScriptedBackend("tiny-model", echo_model)
-    questions = mtb.load_questions(stages.BUILTIN_QUESTIONS)
+    questions = mtb.load_questions(ev_settings.BUILTIN_QUESTIONS)
     answer_file = tmp_path / "model_answer" / "tiny-model.jsonl"
     mtb.generate_answers(model, questions, "tiny-model", answer_file, max_new_tokens=64)
 
@@ -386,16 +388,16 @@ def test_answers_follow_fastchat_rules_and_format(tmp_path):
 
 def test_answering_resumes_after_a_backend_failure(tmp_path, monkeypatch):
     use_backends(monkeypatch, m=ScriptedBackend("tiny-model", echo_model, fail_after=9))
-    settings = stages.MTBenchSettings(model="m", output_dir=str(tmp_path), concurrency=1)
+    settings = ev_settings.MTBenchSettings(model="m", output_dir=str(tmp_path), concurrency=1)
     with pytest.raises(RunInterrupted, match=r"after 4 of 16 question\(s\) were saved"):
-        stages.mt_bench(settings)
+        benchmarks.mt_bench(settings)
     answer_file = tmp_path / "model_answer" / "tiny-model.jsonl"
     assert (
         len(answer_file.read_text().splitlines()) == 4
     )  # a question counts once both its turns are answered
     healthy = ScriptedBackend("tiny-model", echo_model)
     use_backends(monkeypatch, m=healthy)
-    stages.mt_bench(settings)
+    benchmarks.mt_bench(settings)
     assert len(healthy.calls) == 2 * 12
     assert len(mtb.load_answers(answer_file)) == 16 and len(answer_file.read_text().splitlines()) == 16
 
@@ -417,15 +419,15 @@ def fastchat_load_model_answers(answer_dir: Path) -> dict:
 def test_answer_files_are_what_fastchat_gen_judgment_reads(tmp_path, monkeypatch):
     model = ScriptedBackend("tiny-model", echo_model)
     use_backends(monkeypatch, m=model)
-    stages.mt_bench(stages.MTBenchSettings(model="m", output_dir=str(tmp_path)))
+    benchmarks.mt_bench(ev_settings.MTBenchSettings(model="m", output_dir=str(tmp_path)))
     questions = [json.loads(x) for x in (tmp_path / "question.jsonl").read_text().splitlines()]
     answers = fastchat_load_model_answers(tmp_path / "model_answer")
-    refs = fastchat_load_model_answers(stages.BUILTIN_REFERENCES.parent / "__no_such_dir__")
+    refs = fastchat_load_model_answers(ev_settings.BUILTIN_REFERENCES.parent / "__no_such_dir__")
     assert list(answers) == ["tiny-model"] and refs == {}
     refs = {
         "zephyr-mini-reference": {
             json.loads(x)["question_id"]: json.loads(x)
-            for x in stages.BUILTIN_REFERENCES.read_text().splitlines()
+            for x in ev_settings.BUILTIN_REFERENCES.read_text().splitlines()
         }
     }
     # FastChat's check_data and the fields run_judge_single formats its prompts from.
@@ -453,7 +455,9 @@ def rating_judge(conversation, params):
 
 def run_single(tmp_path, monkeypatch, judge, **kw) -> dict:
     use_backends(monkeypatch, m=ScriptedBackend("tiny-model", echo_model), j=judge)
-    return stages.mt_bench(stages.MTBenchSettings(model="m", judge="j", output_dir=str(tmp_path), **kw))
+    return benchmarks.mt_bench(
+        ev_settings.MTBenchSettings(model="m", judge="j", output_dir=str(tmp_path), **kw)
+    )
 
 
 def test_single_judging_end_to_end(tmp_path, monkeypatch, capsys):
@@ -485,7 +489,7 @@ def test_single_judging_end_to_end(tmp_path, monkeypatch, capsys):
     assert model["turns"] == {"1": 8.0, "2": 6.0}
     assert model["score"] == pytest.approx((16 * 8 + 15 * 6) / 31)
     assert model["categories"]["stem"] == pytest.approx((8 + 8 + 6) / 3)
-    from zephyr.evaluate.cli import show_mt_bench
+    from zephyr.evaluate.summary import show_mt_bench
 
     assert (
         "1 judgment(s) had no [[rating]] and were left out, as FastChat does: tiny-model q13 turn 2"
@@ -550,7 +554,7 @@ def preferring_judge(conversation, params):
 
 
 def test_pairwise_against_a_baseline_swaps_positions(tmp_path, monkeypatch):
-    questions = mtb.load_questions(stages.BUILTIN_QUESTIONS)
+    questions = mtb.load_questions(ev_settings.BUILTIN_QUESTIONS)
     answer_dir = tmp_path / "model_answer"
     write_jsonl(
         answer_dir / "good.jsonl",
@@ -568,10 +572,10 @@ def test_pairwise_against_a_baseline_swaps_positions(tmp_path, monkeypatch):
     )
     judge = ScriptedBackend("judge-x", preferring_judge)
     use_backends(monkeypatch, j=judge)
-    settings = stages.MTBenchSettings(
+    settings = ev_settings.MTBenchSettings(
         judge="j", output_dir=str(tmp_path), mode="pairwise-baseline", baseline_model="base"
     )
-    result = stages.mt_bench(settings)
+    result = benchmarks.mt_bench(settings)
     assert len(judge.calls) == 64  # 16 questions x 2 turns x 2 positions
     good = result["models"]["good"]
     assert (good["win"], good["loss"], good["tie"]) == (32, 0, 0) and good["win_rate_adjusted"] == 1.0
@@ -584,27 +588,29 @@ def test_pairwise_against_a_baseline_swaps_positions(tmp_path, monkeypatch):
     for f in (tmp_path / "model_judgment").iterdir():
         f.unlink()
     use_backends(monkeypatch, j=ScriptedBackend("judge-x", lambda c, p: "[[A]]"))
-    biased = stages.mt_bench(settings)["models"]["good"]
+    biased = benchmarks.mt_bench(settings)["models"]["good"]
     assert (biased["win"], biased["loss"], biased["tie"]) == (0, 0, 32) and biased["win_rate_adjusted"] == 0.5
 
 
 def test_judging_needs_every_answer(tmp_path, monkeypatch):
-    questions = mtb.load_questions(stages.BUILTIN_QUESTIONS)
+    questions = mtb.load_questions(ev_settings.BUILTIN_QUESTIONS)
     write_jsonl(
         tmp_path / "model_answer" / "partial.jsonl",
         [mtb.answer_record(q.question_id, "partial", [["a", "b"]]) for q in questions[:-2]],
     )
     use_backends(monkeypatch, j=ScriptedBackend("judge-x", rating_judge))
     with pytest.raises(DataError, match=r"model `partial` has no answer to question\(s\) 15, 16"):
-        stages.mt_bench(stages.MTBenchSettings(judge="j", output_dir=str(tmp_path)))
+        benchmarks.mt_bench(ev_settings.MTBenchSettings(judge="j", output_dir=str(tmp_path)))
 
 
 def test_an_output_dir_keeps_one_question_set(tmp_path, monkeypatch):
     use_backends(monkeypatch, m=ScriptedBackend("tiny-model", echo_model))
-    stages.mt_bench(stages.MTBenchSettings(model="m", output_dir=str(tmp_path)))
+    benchmarks.mt_bench(ev_settings.MTBenchSettings(model="m", output_dir=str(tmp_path)))
     other = write_jsonl(tmp_path / "other.jsonl", [{"question_id": 1, "category": "writing", "turns": ["x"]}])
     with pytest.raises(ConfigError, match="different question set"):
-        stages.mt_bench(stages.MTBenchSettings(model="m", questions=str(other), output_dir=str(tmp_path)))
+        benchmarks.mt_bench(
+            ev_settings.MTBenchSettings(model="m", questions=str(other), output_dir=str(tmp_path))
+        )
 
 
 @pytest.mark.slow
@@ -646,10 +652,10 @@ def test_a_record_torn_by_a_crash_is_dropped_on_resume(tmp_path):
 
     path = tmp_path / "judge_single.jsonl"
     path.write_text(json.dumps(judgment("alpha", 81, 1, 8)) + "\n" + '{"question_id": 82, "model": "al')
-    assert [r["question_id"] for r in mtb.load_judgments(path, "single")] == [81]
+    assert [r["question_id"] for r in matches.load_judgments(path, "single")] == [81]
     append_jsonl(path, [judgment("alpha", 82, 1, 7)])
-    assert [r["question_id"] for r in mtb.load_judgments(path, "single")] == [81, 82]
+    assert [r["question_id"] for r in matches.load_judgments(path, "single")] == [81, 82]
     assert len(path.read_text().splitlines()) == 2
     path.write_text(path.read_text() + "{broken\n" + json.dumps(judgment("alpha", 83, 1, 7)) + "\n")
     with pytest.raises(DataError, match="line 3"):  # damage before the last line is not a crash: say so
-        mtb.load_judgments(path, "single")
+        matches.load_judgments(path, "single")

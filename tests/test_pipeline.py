@@ -11,7 +11,9 @@ import yaml
 from safetensors.torch import load_file
 
 from zephyr.errors import ConfigError
-from zephyr.pipeline import read_stage_record, run_pipeline
+from zephyr.pipeline import run_pipeline
+from zephyr.pipeline.keys import input_digests, is_within
+from zephyr.pipeline.runner import read_stage_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +79,8 @@ def shipped_stage_recipes() -> list[str]:
 @pytest.mark.parametrize("recipe", shipped_stage_recipes())
 def test_every_shipped_stage_recipe_validates(recipe):
     """Each single-stage recipe parses with its command's settings (stage = its folder or file name)."""
-    from zephyr.stages import STAGES, VALIDATORS
+    from zephyr.pipeline.stages import STAGES
+    from zephyr.pipeline.validate import VALIDATORS
 
     path = Path(recipe)
     stage = path.parent.name if path.parent.name in STAGES else path.stem
@@ -201,3 +204,88 @@ def test_report_stage_plots_the_training_runs(tmp_path, tiny_model_dir):
     ):
         assert f'id="{chart}"' in page
     assert (tmp_path / "run" / "report" / "training_loss.png").is_file()
+
+
+def test_produced_upstream_compares_whole_path_components(tmp_path):
+    """`runs/a/model2` is not inside `runs/a/model` (a bare prefix test said it was)."""
+    assert is_within("runs/a/model/config.json", ["runs/a/model"])
+    assert is_within("runs/a/model", ["runs/a/model/"])
+    assert not is_within("runs/a/model2", ["runs/a/model"])
+    assert not is_within("runs/a/model2/data.jsonl", ["runs/a/model"])
+    data = tmp_path / "model2.jsonl"
+    data.write_text("{}\n")
+    # A user file next to an upstream output with the same prefix is still an input of its own.
+    assert list(input_digests({"input": str(data)}, [str(tmp_path / "model2")])) == [str(data)]
+
+
+def _generate_recipe(tmp_path: Path, prompts: Path, model_dir) -> Path:
+    recipe = {
+        "run_dir": str(tmp_path / "run"),
+        "generate": {
+            "prompts": str(prompts),
+            "teachers": [
+                {"backend": {"model": str(model_dir), "threads": 1}, "max_tokens": 4, "temperature": 0}
+            ],
+            "completions_per_prompt": 1,
+            "progress": False,
+        },
+        "feedback": {
+            "judge": {"model": str(model_dir), "threads": 1},
+            "max_tokens": 4,
+            "critique": False,
+            "progress": False,
+        },
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_editing_a_local_prompts_file_reruns_generate_and_everything_downstream(tmp_path, tiny_model_dir):
+    prompts = tmp_path / "prompts.jsonl"
+    lines = [json.dumps({"prompt": f"Name a colour, number {i}."}) for i in range(3)]
+    prompts.write_text("\n".join(lines) + "\n")
+    path = _generate_recipe(tmp_path, prompts, tiny_model_dir)
+    first = run_pipeline(path)
+    assert first["generate"]["state"].startswith("ran") and first["feedback"]["state"].startswith("ran")
+    unchanged = run_pipeline(path)
+    assert unchanged["generate"]["state"] == unchanged["feedback"]["state"] == "skipped (up to date)"
+    lines[1] = json.dumps({"prompt": "Name a fruit instead."})
+    prompts.write_text("\n".join(lines) + "\n")
+    edited = run_pipeline(path)
+    assert edited["generate"]["state"].startswith("ran") and edited["feedback"]["state"].startswith("ran")
+    rows = [
+        json.loads(x) for x in (tmp_path / "run" / "generate" / "completions.jsonl").read_text().splitlines()
+    ]
+    assert "Name a fruit instead." in [r["prompt"] for r in rows]
+    assert "Name a colour, number 1." not in [r["prompt"] for r in rows]
+    assert run_pipeline(path)["generate"]["state"] == "skipped (up to date)"
+
+
+def test_pipeline_runs_eval_and_report_through_their_commands(tmp_path, tiny_model_dir):
+    """The eval and report entries run as `zephyr eval RECIPE` / `zephyr report RECIPE` subprocesses."""
+    pairs = ROOT / "src" / "zephyr" / "resources" / "demo_prefs.jsonl"
+    recipe = {
+        "run_dir": str(tmp_path / "run"),
+        "eval": {
+            "prefs": {
+                "model": str(tiny_model_dir),
+                "data": str(pairs),
+                "max_samples": 4,
+                "batch_size": 2,
+                "dtype": "fp32",
+            }
+        },
+        "report": {"samples": 1},
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    summary = run_pipeline(path)
+    assert summary["eval"]["state"].startswith("ran") and summary["report"]["state"].startswith("ran")
+    metrics = list((tmp_path / "run" / "eval" / "prefs").glob("*.json"))
+    assert metrics, "prefs wrote no metrics"
+    result = json.loads(metrics[0].read_text())
+    assert result["n_pairs"] == 4 and 0.0 <= result["logps/accuracy"] <= 1.0
+    page = Path(summary["report"]["outputs"]["html"])
+    assert page.is_file() and "<html" in page.read_text().lower()
+    assert run_pipeline(path)["eval"]["state"] == "skipped (up to date)"

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from zephyr.cli import main
+from zephyr.evaluate import benchmarks
 from zephyr.evaluate import mt_bench as mtb
-from zephyr.evaluate import stages
+from zephyr.evaluate import settings as ev_settings
 from zephyr.report import report
 
 CHARTS = (
@@ -64,7 +65,7 @@ def run_dir(tmp_path) -> Path:
     write_json(run / "dpo" / "checkpoint-6" / "trainer_state.json", {"log_history": dpo_history()[:3]})
     write_json(run / "dpo" / "checkpoint-12" / "trainer_state.json", {"log_history": dpo_history()})
 
-    questions = mtb.load_questions(stages.BUILTIN_QUESTIONS)
+    questions = mtb.load_questions(ev_settings.BUILTIN_QUESTIONS)
     bench = run / "eval" / "mt_bench"
     write_jsonl(bench / "question.jsonl", [q.as_dict() for q in questions])
     judgments = []
@@ -90,7 +91,7 @@ def run_dir(tmp_path) -> Path:
                 )
     write_jsonl(bench / "model_judgment" / "judge_single.jsonl", judgments)
 
-    refs = json.loads(stages.BUILTIN_REFERENCE_OUTPUTS.read_text())
+    refs = json.loads(ev_settings.BUILTIN_REFERENCE_OUTPUTS.read_text())
     alpaca = run / "eval" / "alpaca_eval" / "dpo"
     write_json(
         alpaca / "model_outputs.json",
@@ -145,7 +146,7 @@ def test_report_scores_match_the_evaluation(run_dir):
     from zephyr.report.collect import mt_bench_results
 
     singles, _ = mt_bench_results(run_dir, [])
-    expected = stages.score_judgments(
+    expected = benchmarks.score_judgments(
         str(run_dir / "eval/mt_bench/model_judgment/judge_single.jsonl"), None, None
     )
     assert singles[0].summary == expected["models"]
@@ -174,7 +175,7 @@ def test_more_models_can_be_compared(run_dir, tmp_path):
                 "score": 9,
                 "turn": 1,
             }
-            for q in mtb.load_questions(stages.BUILTIN_QUESTIONS)
+            for q in mtb.load_questions(ev_settings.BUILTIN_QUESTIONS)
         ],
     )
     page = report(run_dir, mt_bench=[str(other)], output=tmp_path / "out")

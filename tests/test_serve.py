@@ -20,7 +20,8 @@ openai = pytest.importorskip(
     "openai", reason="the server tests drive the server with the official openai client"
 )
 
-from zephyr.serve.engine import Engine, InvalidRequest, SamplingParams  # noqa: E402
+from zephyr.generation.engine import Engine  # noqa: E402
+from zephyr.generation.params import InvalidRequest, SamplingParams  # noqa: E402
 
 # The tiny random model's greedy choice is the same token over and over; seeded sampling gives varied text
 # that is still reproducible, since every row draws from its own generator.
@@ -169,6 +170,15 @@ def test_requests_that_do_not_fit_are_refused(engine):
         engine.submit(list(range(5, 5 + engine.context_length)))
     with pytest.raises(InvalidRequest, match="temperature"):
         SamplingParams(temperature=-0.5)
+
+
+def test_clip_policy_generates_up_to_the_end_of_the_context(engine):
+    prompt = list(range(5, 5 + engine.context_length - 3))  # room for 3 tokens
+    too_many = SamplingParams(max_tokens=engine.context_length, temperature=1.0, seed=1)
+    done = engine.submit(prompt, too_many, on_overflow="clip").result()
+    assert 1 <= done.completion_tokens <= 3 and done.choices[0].finish_reason in ("length", "stop")
+    with pytest.raises(InvalidRequest, match="context"):  # a prompt with no room left is refused either way
+        engine.submit(list(range(5, 5 + engine.context_length)), too_many, on_overflow="clip")
 
 
 # ---- server through the openai client ---------------------------------------------------------------

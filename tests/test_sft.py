@@ -305,18 +305,29 @@ def test_two_process_ddp_matches_single_process(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_embedded_model_sft_then_generate(tmp_path):
-    from zephyr.chat import encode_prompt
+    from zephyr.chat import encode_prompt, render
     from zephyr.cli import main
     from zephyr.models import load_model, load_tokenizer
 
     data = _write_conversations(tmp_path / "conv.jsonl", n=8)
     out = tmp_path / "smol"
     args = _sft_args(
-        "smollm2-135m-instruct", data, out, "--max_steps=2", "--save_strategy=no", "--learning_rate=1e-5"
+        "smollm2-135m-instruct", data, out, "--max_steps=4", "--save_strategy=no", "--learning_rate=1e-4"
     )
     assert main(args) == 0
     tokenizer = load_tokenizer(str(out))
     model = load_model(str(out)).eval()
+    # It learned something: the training replies are more likely under the trained model than the base.
+    convo = [
+        {"role": "user", "content": "What is 3 plus 3?"},
+        {"role": "assistant", "content": "3 plus 3 equals 6."},
+    ]
+    text_ids = torch.tensor([tokenizer.encode(render(tokenizer, convo), add_special_tokens=False)])
+    base = load_model("smollm2-135m-instruct").eval()
+    with torch.no_grad():
+        before = base(input_ids=text_ids, labels=text_ids).loss.item()
+        after = model(input_ids=text_ids, labels=text_ids).loss.item()
+    assert after < before, f"training loss on a training conversation went {before:.3f} -> {after:.3f}"
     ids = torch.tensor([encode_prompt(tokenizer, [{"role": "user", "content": "What is 3 plus 3?"}])])
     with torch.no_grad():
         gen = model.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)

@@ -302,7 +302,7 @@ class EventLog:
 
     def add(self, event: dict) -> None:
         if self._file is None:
-            self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+            self._file = open(self.path, "w", encoding="utf-8")
         self._file.write(json.dumps({"time": round(time.time(), 3), **event}, ensure_ascii=False) + "\n")
         self._file.flush()
         self.count += 1

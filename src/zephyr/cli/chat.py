@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
 def run(args, extra) -> int:
     import sys
 
-    from zephyr.serve.engine import SamplingParams
+    from zephyr.generation.params import SamplingParams
     from zephyr.serve.terminal import ChatSession, chat_loop
 
     if sys.stdin.isatty():

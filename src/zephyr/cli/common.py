@@ -32,3 +32,32 @@ def run_recipe_stage(config_cls: type, stage: Callable, args, extra) -> int:
     result = stage(config)
     print(result.summary())
     return 0 if getattr(result, "complete", True) else EXIT_INCOMPLETE
+
+
+def run_training(config_cls: type, train: Callable, what: str, args, extra) -> int:
+    """`zephyr sft|dpo`: model, data and training keys from one recipe; the model card records the recipe."""
+    from zephyr.config import effective_recipe
+    from zephyr.data.config import DataArguments
+    from zephyr.models import ModelArguments
+
+    model_args, data_args, train_args = parse_config(
+        [ModelArguments, DataArguments, config_cls], args.recipe, extra
+    )
+    recipe = effective_recipe(args.recipe, extra, train_args, in_full=(model_args, data_args))
+    result = train(model_args, data_args, train_args, recipe=recipe)
+    print(f"{what} model saved to {result.output_dir}")
+    return 0
+
+
+def training_description(config_cls: type, command: str, extra_keys: str) -> str:
+    from zephyr.data.config import DataArguments
+    from zephyr.models import ModelArguments
+
+    return describe(
+        [ModelArguments, DataArguments],
+        f"zephyr {command} recipes/demo/{command}.yaml --max_steps=5 --output_dir=runs/{command}",
+        f"alignment-handbook {command.upper()} recipes parse as they are.",
+    ) + (
+        f"\n\n{config_cls.__name__}: every transformers.TrainingArguments key, plus:\n  {extra_keys}"
+        f"  (see zephyr.train.config.{config_cls.__name__})"
+    )

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from zephyr.cli.common import add_recipe_argument, describe
-from zephyr.config import effective_recipe, parse_config
-from zephyr.data.config import DataArguments
-from zephyr.models import ModelArguments
+from zephyr.cli.common import add_recipe_argument, run_training, training_description
 from zephyr.train.config import DPOConfig
 
-DESCRIPTION = describe(
-    [ModelArguments, DataArguments],
-    "zephyr dpo recipes/demo/dpo.yaml --max_steps=5 --output_dir=runs/dpo",
-    "alignment-handbook DPO recipes parse as they are.",
-) + (
-    "\n\nDPOConfig: every transformers.TrainingArguments key, plus:"
-    "\n  --beta --loss_type --label_smoothing --max_length --max_prompt_length --ref_model_name_or_path"
-    "\n  --precompute_ref_log_probs --ref_cache_dir --padding_free --prefix_sharing"
-    "  (see zephyr.train.config.DPOConfig)"
+DESCRIPTION = training_description(
+    DPOConfig,
+    "dpo",
+    "--beta --loss_type --label_smoothing --max_length --max_prompt_length --ref_model_name_or_path"
+    "\n  --precompute_ref_log_probs --ref_cache_dir --padding_free --prefix_sharing",
 )
 add_arguments = add_recipe_argument
 
@@ -24,10 +17,4 @@ add_arguments = add_recipe_argument
 def run(args, extra) -> int:
     from zephyr.train.dpo import dpo
 
-    model_args, data_args, dpo_args = parse_config(
-        [ModelArguments, DataArguments, DPOConfig], args.recipe, extra
-    )
-    recipe = effective_recipe(args.recipe, extra, dpo_args, in_full=(model_args, data_args))
-    result = dpo(model_args, data_args, dpo_args, recipe=recipe)
-    print(f"DPO model saved to {result.output_dir}")
-    return 0
+    return run_training(DPOConfig, dpo, "DPO", args, extra)

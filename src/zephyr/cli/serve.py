@@ -56,7 +56,7 @@ def add_model_arguments(parser) -> None:
 def build_engine(args, **kwargs):
     import torch
 
-    from zephyr.serve.engine import Engine
+    from zephyr.generation.engine import Engine
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zephyr.config import setting
-from zephyr.distill.backends import Backend, BackendPool, GenerationParams, parse_spec
 from zephyr.distill.principles import stable_rng
 from zephyr.distill.records import SCHEMA_VERSION, Judgment, PromptRecord, Rating
 from zephyr.distill.rubrics import (
@@ -32,6 +31,8 @@ from zephyr.distill.rubrics import (
 from zephyr.distill.runner import StageResult, run_stage
 from zephyr.distill.verdicts import Verdict, parse_overall, parse_ratings, problems
 from zephyr.errors import ConfigError, DataError
+from zephyr.generation.backends import Backend, BackendPool, parse_spec
+from zephyr.generation.params import SamplingParams
 from zephyr.io import read_jsonl
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def judge_prompt(cfg: FeedbackConfig, judge: Backend, record: PromptRecord) -> t
 
 def _ask(judge: Backend, requests: list[_Request], max_tokens: int, seed: int, read) -> int:
     """Send the requests, then one repair round for the replies that could not be read."""
-    params = GenerationParams(temperature=0.0, max_tokens=max_tokens, seed=seed)
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=seed)
     generations = judge.generate([r.messages for r in requests], params)
     tokens = 0
     for request, (gen,) in zip(requests, generations, strict=True):

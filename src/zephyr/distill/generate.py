@@ -20,7 +20,6 @@ from typing import Any
 from zephyr.config import on_error_setting, parse_config, setting
 from zephyr.data import normalise_row, prompt_id_of, source_rows
 from zephyr.data.schemas import extra_columns
-from zephyr.distill.backends import BackendPool, GenerationParams, parse_spec
 from zephyr.distill.principles import (
     DEFAULT_PRINCIPLE_WEIGHTS,
     check_weights,
@@ -32,6 +31,8 @@ from zephyr.distill.principles import (
 from zephyr.distill.records import SCHEMA_VERSION, Completion, PromptRecord
 from zephyr.distill.runner import StageResult, run_stage
 from zephyr.errors import ConfigError, DataError
+from zephyr.generation.backends import BackendPool, parse_spec
+from zephyr.generation.params import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class TeacherConfig:
     """One member of the teacher pool: a backend plus how to sample from it."""
 
     backend: str | dict = setting(
-        "Backend spec: a local model spec, or {type, model, base_url, ...} (see zephyr.distill.backends)."
+        "Backend spec: a local model spec, or {type, model, base_url, ...} (see zephyr.generation.backends)."
     )
     name: str | None = setting(
         "Teacher name recorded with each completion. Default: `<model>@t<temperature>`.", default=None
@@ -60,8 +61,8 @@ class TeacherConfig:
         self.params(0)  # validates the sampling settings now, not at the first prompt
         self.name = self.name or f"{self.spec.model_id}@t{self.temperature:g}"
 
-    def params(self, seed: int) -> GenerationParams:
-        return GenerationParams(
+    def params(self, seed: int) -> SamplingParams:
+        return SamplingParams(
             temperature=self.temperature,
             top_p=self.top_p,
             max_tokens=self.max_tokens,

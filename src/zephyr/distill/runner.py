@@ -2,8 +2,9 @@
 and a progress bar with rows/s and tokens/s.
 
 ``generate`` and ``feedback`` are both "one input row in, one output row out, slowly". Here each row is
-worked on by a thread (the model calls inside block), many rows at a time so a batching backend sees
-enough requests to fill its batches; the main thread alone writes, one whole line per finished row.
+a job for the shared runner ``zephyr.generation.jobs`` (daemon threads, the model calls inside block),
+many rows at a time so a batching backend sees enough requests to fill its batches; the main thread
+alone writes, one whole line per finished row.
 A row is either written complete or not at all, so an interrupted run (Ctrl-C, kill -9) resumes by
 skipping the keys already in the output. A row that fails (a backend that gave up, a bad input line) is
 reported in ``<output>.failures.jsonl`` and retried by the next run; the rest of the run goes on.
@@ -11,9 +12,8 @@ reported in ``<output>.failures.jsonl`` and retried by the next run; the rest of
 
 from __future__ import annotations
 
+import functools
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from zephyr.errors import ConfigError, DataError, ZephyrError
+from zephyr.generation.jobs import JobStats, run_jobs
 from zephyr.io import EventLog, RowLog, write_json
 
 log = logging.getLogger(__name__)
@@ -118,18 +119,9 @@ def run_stage(
         resumed = len(items) - len(pending)
         if resumed:
             log.info("%s: resuming; %d of %d rows are already in %s", stage, resumed, len(items), output)
-        bar = tqdm(
-            total=len(items),
-            initial=resumed,
-            desc=stage,
-            unit="row",
-            disable=not progress,
-            dynamic_ncols=True,
-        )
         try:
-            written, tokens = _drive(stage, pending, work, rows, failures, bar, concurrency)
+            written, tokens = _drive(stage, pending, work, rows, failures, concurrency, resumed, progress)
         finally:
-            bar.close()
             failures.close()
     return StageResult(
         stage,
@@ -145,90 +137,46 @@ def run_stage(
     )
 
 
-def _drive(stage, pending, work, rows: RowLog, failures: EventLog, bar, concurrency: int) -> tuple[int, int]:
-    pool = _Workers(work, min(concurrency, max(1, len(pending))))
-    feed = iter(pending)
-    in_flight = 0
-    for key, payload in feed:
-        pool.submit(key, payload)
-        in_flight += 1
-        if in_flight >= 2 * concurrency:  # keep a small queue ahead of the workers, not the whole input
-            break
-    written = tokens = failed = 0
-    started = time.monotonic()
-    try:
-        while in_flight:
-            key, result, error = pool.next_done()
-            in_flight -= 1
-            if error is None:
-                row, used = result
-                rows.append(row)
-                written, tokens = written + 1, tokens + used
-            elif isinstance(error, ZephyrError):
-                failed += 1
-                failures.add(
-                    {
-                        "stage": stage,
-                        "kind": "row_failed",
-                        "prompt_id": key,
-                        "error": str(error),
-                        "attempts": getattr(error, "attempts", 1),
-                    }
-                )
-                tqdm.write(f"{stage}: row {key} failed: {error}")
-            else:
-                raise error
-            bar.update()
-            elapsed = max(time.monotonic() - started, 1e-9)
-            bar.set_postfix_str(
-                f"{written / elapsed:.2f} rows/s, {tokens / elapsed:.1f} tok/s, {failed} failed"
-            )
-            nxt = next(feed, None)
-            if nxt is not None:
-                pool.submit(*nxt)
-                in_flight += 1
-    finally:
-        pool.stop()
-    return written, tokens
+def _drive(
+    stage, pending, work: Work, rows: RowLog, failures: EventLog, concurrency, resumed, progress
+) -> tuple[int, int]:
+    """Work the pending rows on the shared job runner: each finished row is written at once; a row failing
+    with a ZephyrError is reported to the failures file and the run goes on; anything else stops it."""
+    tokens = 0
 
+    def write(_: int, result: tuple[dict, int]) -> None:
+        nonlocal tokens
+        row, used = result
+        rows.append(row)
+        tokens += used
 
-class _Workers:
-    """Daemon threads running ``work`` on submitted items. Daemons, so an interrupted run exits at once
-    instead of waiting for model calls in flight (their rows were not written, so nothing is lost)."""
+    def report(index: int, error: ZephyrError) -> None:
+        key = pending[index][0]
+        failures.add(
+            {
+                "stage": stage,
+                "kind": "row_failed",
+                "prompt_id": key,
+                "error": str(error),
+                "attempts": getattr(error, "attempts", 1),
+            }
+        )
+        tqdm.write(f"{stage}: row {key} failed: {error}")
 
-    def __init__(self, work: Work, count: int):
-        self._work = work
-        self._todo: queue.Queue = queue.Queue()
-        self._done: queue.Queue = queue.Queue()
-        self._threads = [
-            threading.Thread(target=self._loop, daemon=True, name=f"zephyr-row-{i}") for i in range(count)
-        ]
-        for t in self._threads:
-            t.start()
+    def rates(stats: JobStats) -> str:
+        seconds = stats.seconds
+        return f"{stats.done / seconds:.2f} rows/s, {tokens / seconds:.1f} tok/s, {stats.failed} failed"
 
-    def submit(self, key: str, payload: Any) -> None:
-        self._todo.put((key, payload))
-
-    def next_done(self) -> tuple[str, Any, BaseException | None]:
-        while True:
-            try:
-                return self._done.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive
-            except queue.Empty:
-                continue
-
-    def _loop(self) -> None:
-        while (item := self._todo.get()) is not None:
-            key, payload = item
-            try:
-                self._done.put((key, self._work(payload), None))
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which decides
-                self._done.put((key, None, exc))
-
-    def stop(self) -> None:
-        while True:  # drop work not yet started, then let each thread finish its current row and exit
-            try:
-                self._todo.get_nowait()
-            except queue.Empty:
-                break
-        for _ in self._threads:
-            self._todo.put(None)
+    stats = run_jobs(
+        [functools.partial(work, payload) for _, payload in pending],
+        write,
+        concurrency=concurrency,
+        on_error="continue",
+        on_failed=report,
+        desc=stage,
+        unit="row",
+        progress=progress,
+        already_done=resumed,
+        postfix=rates,
+    )
+    return stats.done, tokens

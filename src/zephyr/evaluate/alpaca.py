@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING
 
 from zephyr.errors import ConfigError, DataError
 from zephyr.evaluate.judges import JudgePrompt, JudgeTask, parse_verdict
-from zephyr.evaluate.runner import DEFAULT_CONCURRENCY, run_jobs
 from zephyr.evaluate.scoring import WinRate, normalise_preference, win_rate
+from zephyr.generation.jobs import DEFAULT_CONCURRENCY, run_jobs
 from zephyr.io import read_json, read_jsonl, write_json
 
 if TYPE_CHECKING:
-    from zephyr.distill.backends import Backend, GenerationParams
+    from zephyr.generation.backends import Backend
+    from zephyr.generation.params import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def generate_outputs(
     instructions: Sequence[dict],
     generator: str,
     out_file: str | Path,
-    params: GenerationParams,
+    params: SamplingParams,
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
     save_every: int = 16,

@@ -16,6 +16,7 @@ from pathlib import Path
 from zephyr.errors import ConfigError, DataError
 from zephyr.evaluate import alpaca as ae
 from zephyr.evaluate import mt_bench as mtb
+from zephyr.evaluate import mt_bench_matches as matches
 from zephyr.evaluate import summary
 from zephyr.evaluate.judges import LETTER_OPTIONS, LETTER_PROMPT, load_judge_prompts, run_tasks
 from zephyr.evaluate.scoring import summarize_pairwise, summarize_single
@@ -132,8 +133,8 @@ def _models(s: MTBenchSettings, answers: dict, answered: str | None) -> list[str
 
 def _judgments(s: MTBenchSettings, judge, tasks: list, path: Path, kind: str) -> list[dict]:
     """Every task's judgment record: those already in ``path`` are reused, the rest are made now and appended."""
-    key = mtb.single_key if kind == "single" else mtb.pair_key
-    existing = mtb.load_judgments(path, kind) if path.is_file() else []
+    key = matches.single_key if kind == "single" else matches.pair_key
+    existing = matches.load_judgments(path, kind) if path.is_file() else []
     done = {key(r) for r in existing}
     todo = [t for t in tasks if t.key not in done]
     if done and todo:
@@ -154,7 +155,7 @@ def _judgments(s: MTBenchSettings, judge, tasks: list, path: Path, kind: str) ->
 
 def _judge_single(s, judge, questions, answers, models, prompts, references, out: Path) -> dict:
     path = out / "model_judgment" / f"{safe_name(judge.name)}_single.jsonl"
-    tasks = mtb.single_tasks(questions, {m: answers[m] for m in models}, prompts, references, judge.name)
+    tasks = matches.single_tasks(questions, {m: answers[m] for m in models}, prompts, references, judge.name)
     records = _judgments(s, judge, tasks, path, "single")
     summary = summarize_single(records, {q.question_id: q.category for q in questions})
     return {
@@ -172,7 +173,7 @@ def _judge_pairwise(s, judge, questions, answers, models, prompts, references, o
     pairs = [(m, baseline) for m in models] if baseline else list(combinations(models, 2))
     if not pairs:
         raise ConfigError("pairwise-all needs answers from at least two models")
-    tasks = mtb.pair_tasks(questions, pairs, answers, prompts, references, judge.name)
+    tasks = matches.pair_tasks(questions, pairs, answers, prompts, references, judge.name)
     records = _judgments(s, judge, tasks, path, "pairwise")
     return {
         "mode": s.mode,
@@ -199,7 +200,7 @@ def score_judgments(path: str, questions: str | None, baseline: str | None) -> d
     if first is None:
         raise DataError("holds no judgments", source=str(path))
     if "g1_winner" in first:
-        records = mtb.load_judgments(path, "pairwise")
+        records = matches.load_judgments(path, "pairwise")
         involved = {m for r in records for m in (r["model_1"], r["model_2"])}
         baseline = baseline if baseline in involved else None
         return {
@@ -212,7 +213,7 @@ def score_judgments(path: str, questions: str | None, baseline: str | None) -> d
     categories = None
     if question_file.is_file():
         categories = {q.question_id: q.category for q in mtb.load_questions(question_file)}
-    summary = summarize_single(mtb.load_judgments(path, "single"), categories)
+    summary = summarize_single(matches.load_judgments(path, "single"), categories)
     return {
         "mode": "single",
         "judgment_file": str(path),
@@ -255,11 +256,11 @@ def alpaca(s: AlpacaSettings) -> dict:
 
 
 def _alpaca_outputs(s: AlpacaSettings, instructions: list[dict], out: Path) -> list[dict]:
-    from zephyr.distill.backends import GenerationParams
+    from zephyr.generation.params import SamplingParams
 
     outputs = ae.load_outputs(s.model_outputs) if s.model_outputs else []
     if s.model:
-        params = GenerationParams(
+        params = SamplingParams(
             temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens, seed=s.seed
         )
         with open_backend(s.model_spec()) as backend:

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zephyr.errors import ConfigError, DataError
-from zephyr.evaluate.runner import DEFAULT_CONCURRENCY, run_jobs
+from zephyr.generation.jobs import DEFAULT_CONCURRENCY, run_jobs
 from zephyr.io import read_jsonl
 
 if TYPE_CHECKING:
-    from zephyr.distill.backends import Backend
+    from zephyr.generation.backends import Backend
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +202,9 @@ def run_tasks(
     made. With ``options`` the judge writes nothing: each task gets the log-probability of each option
     as the first token of the reply. A backend failure raises RunInterrupted after every finished record
     has been saved."""
-    from zephyr.distill.backends import GenerationParams
+    from zephyr.generation.params import SamplingParams
 
-    params = GenerationParams(temperature=0.0, max_tokens=max_tokens)
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     records: list[dict] = []
 
     def job(task: JudgeTask):

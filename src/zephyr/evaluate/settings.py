@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from zephyr.config import check_settings, on_error_setting, setting
 from zephyr.errors import ConfigError
-from zephyr.evaluate.runner import DEFAULT_CONCURRENCY
+from zephyr.generation.jobs import DEFAULT_CONCURRENCY
 from zephyr.resources import _DIR as RESOURCES
 
 MAX_NEW_TOKENS = 1024  # FastChat's answer length per turn
@@ -33,7 +33,7 @@ class BackendSettings:
     model: str | None = setting(
         "The model to evaluate: a model spec (hub id, checkpoint dir, .gguf file, smollm2-135m-instruct), the "
         "name a server serves (with --model-base-url), or a JSON backend spec such as "
-        '\'{"model": "smollm2-135m-instruct", "threads": 1}\' (see zephyr.distill.backends.BackendSpec). '
+        '\'{"model": "smollm2-135m-instruct", "threads": 1}\' (see zephyr.generation.backends.BackendSpec). '
         "Omit it to judge or score existing outputs.",
         default=None,
     )
@@ -77,7 +77,7 @@ class BackendSettings:
 
 
 def backend_spec(model: str | dict, base_url: str | None, api_key_env: str | None, name: str | None) -> dict:
-    """A backend spec (see zephyr.distill.backends) from command-line values; ``model`` may be JSON."""
+    """A backend spec (see zephyr.generation.backends) from command-line values; ``model`` may be JSON."""
     if isinstance(model, dict):  # a backend spec written as a mapping in a recipe
         spec = dict(model)
     elif model.lstrip().startswith("{"):
@@ -96,7 +96,7 @@ def backend_spec(model: str | dict, base_url: str | None, api_key_env: str | Non
 
 
 def open_backend(spec: dict):
-    from zephyr.distill.backends import make_backend
+    from zephyr.generation.backends import make_backend
 
     return make_backend(spec)
 

@@ -121,7 +121,7 @@ def push_folder(folder: Path, repo: str, private: bool = False) -> None:
         api.upload_folder(
             repo_id=repo, folder_path=str(folder), commit_message="Upload model exported by zephyr"
         )
-    except Exception as exc:  # noqa: BLE001 - network, auth and HTTP failures all end the same way
+    except Exception as exc:
         raise ModelError(
             f"Could not push to the hub repo `{repo}`: {type(exc).__name__}: {exc}. {later}"
         ) from exc

@@ -141,7 +141,8 @@ class BackendSpec:
         self.type = self.type or ("openai" if self.base_url else "local")
         if self.type not in BACKEND_TYPES:
             raise ConfigError(f"`type` must be one of local, openai or vllm; got {self.type!r}", key="type")
-        if isinstance(self.timeout, (int, float)) and self.timeout <= 0:  # the limit's wording, said plainly
+        # Before check_settings, which would say "greater than 0": the message recipes have always got.
+        if isinstance(self.timeout, (int, float)) and self.timeout <= 0:
             raise ConfigError(f"`timeout` must be positive (seconds); got {self.timeout!r}", key="timeout")
         check_settings(self)
 
@@ -267,7 +268,7 @@ class LocalBackend(Backend):
         for i, choices in handles.items():
             try:
                 results[i] = [_local_generation(h.result()) for h in choices]
-            except Exception as exc:  # the engine failed or was closed while this row was running
+            except Exception as exc:  # noqa: BLE001 - the engine failed or was closed: this row fails, not the call
                 failures[i] = BackendError(f"{type(exc).__name__}: {exc}", index=i)
         return batch_results(results, failures)
 

@@ -94,7 +94,7 @@ class VLLMBackend(Backend):
         items = [(list(c), params, j) for c in conversations for j in range(params.n)]
         try:
             flat = self._batches(items)
-        except Exception as exc:  # vLLM fails a whole batch at once, so every row in it failed
+        except Exception as exc:  # noqa: BLE001 - vLLM fails a whole batch at once: every row in it failed
             reason = f"vLLM failed: {type(exc).__name__}: {exc}"
             failures = {i: BackendError(reason, index=i) for i in range(len(conversations))}
             batch_results([None] * len(conversations), failures)  # raises the first, carrying the rest

@@ -145,7 +145,7 @@ def training_curves(run_dir: Path) -> list[Curves]:
 def mt_bench_results(run_dir: Path, extra: list[str]) -> tuple[list[MTBenchResult], list[PairwiseResult]]:
     """Single-grading summaries and pairwise summaries of every judgment file found or given."""
     # Lazy, and the only line naming where scoring lives, so a move of it in evaluate touches just this.
-    from zephyr.evaluate.stages import score_judgments
+    from zephyr.evaluate.benchmarks import score_judgments
 
     files = sorted(run_dir.rglob("model_judgment/*.jsonl")) + [Path(p) for p in extra]
     singles, pairs = [], []
@@ -167,7 +167,7 @@ def alpaca_results(run_dir: Path, extra: list[str]) -> list[AlpacaResult]:
     from zephyr.evaluate.alpaca import load_annotations
 
     # Lazy, and the only line naming where win rates are computed (see mt_bench_results).
-    from zephyr.evaluate.stages import alpaca_results as win_rates
+    from zephyr.evaluate.benchmarks import alpaca_results as win_rates
 
     out = []
     for path in sorted(run_dir.rglob("annotations.json")) + [Path(p) for p in extra]:

@@ -1,11 +1,13 @@
-"""Chat with and serve a model: the batching engine, the OpenAI-compatible server and its chat page,
-and the terminal chat.
+"""Chat with and serve a model: the OpenAI-compatible server and its chat page, and the terminal chat,
+both on the batching engine of ``zephyr.generation`` (re-exported here for callers that serve).
 
-- ``engine.Engine``: dynamic batching generation (``generate`` for batch use, ``submit`` to stream);
+- ``Engine`` (``zephyr.generation.engine``): batching generation (``generate`` for batch use, ``submit``
+  to stream);
 - ``server.create_app`` / ``server.ServerThread``: the HTTP API (``zephyr serve``);
 - ``terminal.chat_loop``: the interactive terminal chat (``zephyr chat``).
 """
 
-from zephyr.serve.engine import Completion, Engine, SamplingParams
+from zephyr.generation.engine import Completion, Engine
+from zephyr.generation.params import SamplingParams
 
 __all__ = ["Completion", "Engine", "SamplingParams"]

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
-from zephyr.serve.engine import MAX_TOP_LOGPROBS, SamplingParams
+from zephyr.generation.params import MAX_TOP_LOGPROBS, SamplingParams
 
 MAX_N = 16
 MAX_STOPS = 4

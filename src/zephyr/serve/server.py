@@ -24,15 +24,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from zephyr.errors import ZephyrError
+from zephyr.generation.engine import Completion, Engine, EngineClosed, EngineOverloaded, RequestHandle
+from zephyr.generation.params import InvalidRequest
 from zephyr.serve import protocol as api
-from zephyr.serve.engine import (
-    Completion,
-    Engine,
-    EngineClosed,
-    EngineOverloaded,
-    InvalidRequest,
-    RequestHandle,
-)
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +138,9 @@ class Handlers:
 
     async def chat(self, body: api.ChatCompletionRequest, request: Request):
         prompt = self.engine.encode_chat(body.conversation())
-        handle = self.engine.submit(prompt, body.sampling_params(), loop=asyncio.get_running_loop())
+        # A max_tokens beyond the context is a 400 naming it, as OpenAI answers (never silently clipped).
+        loop = asyncio.get_running_loop()
+        handle = self.engine.submit(prompt, body.sampling_params(), loop=loop, on_overflow="refuse")
         rid = api.new_id("chatcmpl")
         if body.stream:
             return _stream(self._chat_chunks(handle, rid, body.include_usage))
@@ -200,7 +196,8 @@ class Handlers:
 
     async def completions(self, body: api.CompletionRequest, request: Request):
         prompts = [self.engine.encode_text(p) for p in body.prompts()]
-        handle = self.engine.submit_many(prompts, body.sampling_params(), loop=asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        handle = self.engine.submit_many(prompts, body.sampling_params(), loop=loop, on_overflow="refuse")
         rid = api.new_id("cmpl")
         if body.stream:
             return _stream(self._text_chunks(handle, rid, body.include_usage))

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from zephyr.generation.engine import Engine
+from zephyr.generation.params import InvalidRequest, SamplingParams
 from zephyr.io import write_json
-from zephyr.serve.engine import Engine, InvalidRequest, SamplingParams
 
 HELP_TEXT = """Commands:
   /reset         start a new conversation (the system prompt stays)
