@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded tokenizer and tiny random Llama models built from it.
+"""Shared fixtures: the embedded tokenizer, tiny random Llama models built from it, and a `zephyr serve`
+on the tiny model. Plain helpers live in ``tests/support/``; test modules import those, never this file.
 
 Tests never touch the network. The embedded checkpoint is converted once per cache dir
 (``$ZEPHYR_CACHE``, ~40 s the first time) and only its tokenizer is used by the fast tests;
@@ -10,17 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def shared_file(relative: str) -> Path:
-    """A file under ../shared/data, or skip the test with the reason."""
-    path = SHARED_DATA / relative
-    if not path.exists():
-        pytest.skip(f"shared test data not found: {path}")
-    return path
+from support.models import make_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -56,37 +48,6 @@ def zephyr_tokenizer(tokenizer_dir):
     return load_tokenizer(str(tokenizer_dir), chat_template="zephyr")
 
 
-def make_tiny_model(seed: int = 0, layers: int = 2, hidden: int = 64):
-    """A randomly initialised Llama with the embedded tokenizer's vocabulary, in fp32."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(config).float()
-
-
-def enable_checkpointing(model, reentrant: bool) -> list[int]:
-    """Turn on activation checkpointing (the transformers 5.2x name, else the older one) and return a
-    counter of first-layer attention calls, which doubles when backward really recomputes."""
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable({"use_reentrant": reentrant})
-    calls = [0]
-    model.model.layers[0].self_attn.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    return calls
-
-
 @pytest.fixture
 def tiny_model():
     return make_tiny_model()
@@ -101,3 +62,20 @@ def tiny_model_dir(tokenizer_dir, tmp_path_factory) -> Path:
     make_tiny_model().save_pretrained(out)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def serve_engine(tiny_model_dir):
+    from zephyr.generation.engine import Engine
+
+    with Engine.from_spec(str(tiny_model_dir), max_batch_size=16) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def served(serve_engine):
+    """`zephyr serve`'s app on the tiny model, on a free loopback port; yields its /v1 URL."""
+    from zephyr.serve.server import ServerThread, create_app
+
+    with ServerThread(create_app(serve_engine, "tiny")) as server:
+        yield server.url + "/v1"

@@ -11,7 +11,7 @@ import datasets
 import pytest
 from datasets import Dataset, DatasetDict
 
-from conftest import shared_file
+from support.data import shared_file
 from zephyr.data import load_datasets, load_mixer, load_mixture, load_rows, normalise_row, prompt_id_of
 from zephyr.data.config import DataArguments
 from zephyr.errors import ConfigError, DataError, ZephyrError

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import shared_file
+from support.data import shared_file
 from zephyr.cli import main as zephyr_main
 from zephyr.config import parse_config
 from zephyr.data import load_rows, prompt_id_of

@@ -9,7 +9,6 @@ import re
 
 import pytest
 
-from test_distill_backends import serve_engine, served  # noqa: F401 - fixtures
 from zephyr.config import parse_config
 from zephyr.distill.feedback import FeedbackConfig, feedback, judge_prompt, read_completions, shown_order
 from zephyr.distill.records import Completion, PromptRecord
@@ -335,7 +334,7 @@ def test_feedback_stage_reports_failed_prompts_and_resumes_only_those(tmp_path, 
     assert len(records) == 6 and bad[0].line == 7
 
 
-def test_feedback_against_zephyr_serve_records_unreadable_ratings(tmp_path, served):  # noqa: F811
+def test_feedback_against_zephyr_serve_records_unreadable_ratings(tmp_path, served):
     source = write_completions(tmp_path / "c.jsonl", {"p0": ["GOOD x", "BAD y"]})
     judge = {"type": "openai", "model": "tiny", "base_url": served}
     result = feedback(cfg(input=source, output=str(tmp_path / "rated.jsonl"), judge=judge, max_tokens=8))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_distill_backends import FaultProxy, fast_retries, serve_engine, served  # noqa: F401 - fixtures
+from support.http import FaultProxy, fast_retries
 from zephyr.cli import main as zephyr_main
 from zephyr.config import parse_config
 from zephyr.data import prompt_id_of
@@ -265,7 +265,7 @@ def test_generate_refuses_to_resume_with_other_settings_or_a_second_writer(tmp_p
         RowLog(out)
 
 
-def test_bad_lines_and_endpoint_faults_are_reported_per_row_and_lose_nothing(tmp_path, served):  # noqa: F811
+def test_bad_lines_and_endpoint_faults_are_reported_per_row_and_lose_nothing(tmp_path, served):
     prompts = write_lines(
         tmp_path / "p.jsonl",
         [

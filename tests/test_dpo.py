@@ -1,6 +1,6 @@
 """dDPO: batch layouts, the loss family, TRL parity, truncation, bad input, the reference model, the CLI.
 
-Fast tests use the embedded tokenizer with tiny random Llamas (see conftest); the `slow` test trains the
+Fast tests use the embedded tokenizer with tiny random Llamas (see support.models); the `slow` test trains the
 embedded SmolLM2 for real and checks that DPO teaches it a preference it did not have.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import enable_checkpointing, make_tiny_model
+from support.models import enable_checkpointing, make_tiny_model
 from zephyr.chat import encode_prompt, render
 from zephyr.errors import DataError
 from zephyr.train.attention import ATTN_NAME, restore_attention, use_packed_attention

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from conftest import shared_file
-from test_eval_fakes import ScriptedBackend, use_backends
+from support.data import shared_file
+from support.fakes import ScriptedBackend, use_backends
 from zephyr.cli import main
 from zephyr.errors import ConfigError, DataError
 from zephyr.evaluate import alpaca as ae

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_file
-from test_eval_fakes import ScriptedBackend, use_backends
+from support.data import shared_file
+from support.fakes import ScriptedBackend, use_backends
 from zephyr.cli import main
 from zephyr.errors import ConfigError, DataError
 from zephyr.evaluate import benchmarks

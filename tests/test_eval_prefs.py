@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from support.models import make_tiny_model
 from zephyr.cli import main
 from zephyr.data import load_rows
 from zephyr.evaluate.prefs import logp_metrics, reward_metrics, score_pairs

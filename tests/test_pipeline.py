@@ -285,7 +285,7 @@ def test_pipeline_runs_eval_and_report_through_their_commands(tmp_path, tiny_mod
     metrics = list((tmp_path / "run" / "eval" / "prefs").glob("*.json"))
     assert metrics, "prefs wrote no metrics"
     result = json.loads(metrics[0].read_text())
-    assert result["n_pairs"] == 4 and 0.0 <= result["logps/accuracy"] <= 1.0
+    assert result["metrics"]["n_pairs"] == 4 and 0.0 <= result["metrics"]["logps/accuracy"] <= 1.0
     page = Path(summary["report"]["outputs"]["html"])
     assert page.is_file() and "<html" in page.read_text().lower()
     assert run_pipeline(path)["eval"]["state"] == "skipped (up to date)"

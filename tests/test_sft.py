@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import enable_checkpointing, make_tiny_model
+from support.models import enable_checkpointing, make_tiny_model
 from zephyr.chat import tokenize_conversation
 from zephyr.train.attention import restore_attention, use_packed_attention
 from zephyr.train.collate import PackedCollator, PaddedCollator, pack_best_fit

@@ -100,6 +100,8 @@ def check_value(key: str, value: Any, limits: dict, choices: Sequence | None = N
 
 
 def describe_limits(limits: dict) -> str:
+    if limits == {"gt": 0}:
+        return "positive"
     return " and ".join(_RULES[name][1].format(bound) for name, bound in limits.items())
 
 
@@ -268,7 +270,7 @@ def parse_config(
     where = f" in {recipe}" if recipe else ""
     aliases = aliases_of(classes)
     for key, value in raw.items():
-        name = aliases.get(key, key)
+        name = key if key in owners else aliases.get(key, key)  # a real field wins over an old spelling
         if key in IGNORED_KEYS:
             if IGNORED_KEYS[key]:
                 log.info("Ignoring `%s`: %s", key, IGNORED_KEYS[key])

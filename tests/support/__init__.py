@@ -1,0 +1,13 @@
+"""Support code the test modules share: plain helpers, not tests and not fixtures.
+
+Test modules import from here (``from support.models import make_tiny_model``) and never from one
+another or from ``conftest``; pytest fixtures that several modules use live in ``tests/conftest.py``,
+which pytest makes visible to every test module without an import. ``tests/`` is on ``sys.path``
+because it holds the rootdir conftest (and has no ``__init__.py``), so ``support`` imports as a
+top-level package.
+
+- ``support.data``: files under ``../shared/data``, skipping the test when they are absent.
+- ``support.models``: tiny random Llama builders and the activation-checkpointing helper.
+- ``support.fakes``: a scripted generation backend for the evaluation tests.
+- ``support.http``: ``FaultProxy`` (a fault-injecting HTTP proxy) and fast-retry backend specs.
+"""
