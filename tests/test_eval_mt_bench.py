@@ -124,7 +124,7 @@ def test_single_scores_follow_fastchat_show_result(tmp_path):
         ],
     )
     oracle = fastchat_single(path)
-    result = benchmarks.score_judgments(str(path), None, None)["models"]
+    result = matches.score_judgments(str(path), None, None)["models"]
     for model, expected in oracle.items():
         assert result[model]["turns"]["1"] == pytest.approx(expected["turn1"])
         assert result[model]["turns"]["2"] == pytest.approx(expected["turn2"])

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from zephyr.cli import main
-from zephyr.evaluate import benchmarks
 from zephyr.evaluate import mt_bench as mtb
+from zephyr.evaluate import mt_bench_matches as matches
 from zephyr.evaluate import settings as ev_settings
 from zephyr.report import report
 
@@ -146,7 +146,7 @@ def test_report_scores_match_the_evaluation(run_dir):
     from zephyr.report.collect import mt_bench_results
 
     singles, _ = mt_bench_results(run_dir, [])
-    expected = benchmarks.score_judgments(
+    expected = matches.score_judgments(
         str(run_dir / "eval/mt_bench/model_judgment/judge_single.jsonl"), None, None
     )
     assert singles[0].summary == expected["models"]

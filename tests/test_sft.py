@@ -305,7 +305,7 @@ def test_two_process_ddp_matches_single_process(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_embedded_model_sft_then_generate(tmp_path):
-    from zephyr.chat import encode_prompt, render
+    from zephyr.chat import encode_prompt, tokenize_conversation
     from zephyr.cli import main
     from zephyr.models import load_model, load_tokenizer
 
@@ -317,17 +317,20 @@ def test_embedded_model_sft_then_generate(tmp_path):
     assert main(args) == 0
     tokenizer = load_tokenizer(str(out))
     model = load_model(str(out)).eval()
-    # It learned something: the training replies are more likely under the trained model than the base.
+    # It learned something: the trained replies (assistant tokens, what SFT trains) are more likely under
+    # the trained model than under the base model.
     convo = [
         {"role": "user", "content": "What is 3 plus 3?"},
         {"role": "assistant", "content": "3 plus 3 equals 6."},
     ]
-    text_ids = torch.tensor([tokenizer.encode(render(tokenizer, convo), add_special_tokens=False)])
+    tok = tokenize_conversation(tokenizer, convo)
+    ids = torch.tensor([tok.input_ids])
+    labels = torch.tensor([[t if m else -100 for t, m in zip(tok.input_ids, tok.assistant_mask, strict=True)]])
     base = load_model("smollm2-135m-instruct").eval()
     with torch.no_grad():
-        before = base(input_ids=text_ids, labels=text_ids).loss.item()
-        after = model(input_ids=text_ids, labels=text_ids).loss.item()
-    assert after < before, f"training loss on a training conversation went {before:.3f} -> {after:.3f}"
+        before = base(input_ids=ids, labels=labels).loss.item()
+        after = model(input_ids=ids, labels=labels).loss.item()
+    assert after < before, f"loss on a trained reply went {before:.3f} -> {after:.3f}"
     ids = torch.tensor([encode_prompt(tokenizer, [{"role": "user", "content": "What is 3 plus 3?"}])])
     with torch.no_grad():
         gen = model.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)

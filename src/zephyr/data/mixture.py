@@ -14,12 +14,12 @@ Ids in both forms are local files or directories, or hub ids (see ``load_rows``)
 
 from __future__ import annotations
 
-import difflib
 import logging
 from typing import TYPE_CHECKING
 
 from datasets import Dataset, DatasetDict
 
+from zephyr.config import check_keys
 from zephyr.data.loading import concat_rows, has_splits, load_rows
 from zephyr.errors import ConfigError
 
@@ -160,7 +160,7 @@ def _check_mixture(mixture) -> tuple[list[dict], int, float | int | None]:
         raise ConfigError(
             f"`dataset_mixture` must be a mapping with a `datasets` list; got {type(mixture).__name__}"
         )
-    _check_keys(mixture, MIXTURE_KEYS, "dataset_mixture")
+    check_keys(mixture, MIXTURE_KEYS, "`dataset_mixture`")
     entries = mixture.get("datasets")
     if not isinstance(entries, list) or not entries:
         raise ConfigError(
@@ -187,7 +187,7 @@ def _check_mixture(mixture) -> tuple[list[dict], int, float | int | None]:
 def _check_entry(entry, where: str) -> None:
     if not isinstance(entry, dict):
         raise ConfigError(f"`{where}` must be a mapping with keys {', '.join(ENTRY_KEYS)}; got {entry!r}")
-    _check_keys(entry, ENTRY_KEYS, where)
+    check_keys(entry, ENTRY_KEYS, f"`{where}`")
     if not isinstance(entry.get("id"), str) or not entry["id"]:
         raise ConfigError(
             f"`{where}.id` must name a dataset (a hub id or a local path); got {entry.get('id')!r}"
@@ -205,11 +205,3 @@ def _check_entry(entry, where: str) -> None:
         isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1
     ):
         raise ConfigError(f"`{where}.weight` must be a fraction between 0 and 1; got {weight!r}")
-
-
-def _check_keys(mapping: dict, valid: tuple[str, ...], where: str) -> None:
-    for key in mapping:
-        if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
-            hint = f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(valid)}"
-            raise ConfigError(f"Unknown key `{key}` in `{where}`{hint}")

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
-from zephyr.errors import ConfigError, DataError
+from zephyr.errors import ConfigError
 from zephyr.evaluate import alpaca as ae
 from zephyr.evaluate import mt_bench as mtb
 from zephyr.evaluate import mt_bench_matches as matches
 from zephyr.evaluate import summary
 from zephyr.evaluate.judges import LETTER_OPTIONS, LETTER_PROMPT, load_judge_prompts, run_tasks
-from zephyr.evaluate.scoring import summarize_pairwise, summarize_single
+from zephyr.evaluate.scoring import summarize_single
 from zephyr.evaluate.settings import (
     BUILTIN_INSTRUCTIONS,
     BUILTIN_QUESTIONS,
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 def mt_bench(s: MTBenchSettings) -> dict:
     """Answer (with --model), judge (with --judge) and score; returns and writes results.json."""
     if s.judgments:
-        return score_judgments(
+        return matches.score_judgments(
             s.judgments, s.questions, s.baseline_model if s.mode != "pairwise-all" else None
         )
     if not (s.model or s.judge):
@@ -181,43 +181,7 @@ def _judge_pairwise(s, judge, questions, answers, models, prompts, references, o
         "baseline": baseline,
         "judgment_file": str(path),
         "judge_file_stem": path.stem,
-        **_pair_summary(records, baseline),
-    }
-
-
-def _pair_summary(records: list[dict], baseline: str | None) -> dict:
-    errors = sum("error" in (r["g1_winner"], r["g2_winner"]) for r in records)
-    return {
-        "n_errors": errors,
-        "models": {m: p.as_dict() for m, p in summarize_pairwise(records, baseline).items()},
-    }
-
-
-def score_judgments(path: str, questions: str | None, baseline: str | None) -> dict:
-    """Scores from an existing judgment file, exactly as FastChat's show_result computes them."""
-    path = Path(path)
-    first = next((row for _, row in read_jsonl(path, objects=True)), None)
-    if first is None:
-        raise DataError("holds no judgments", source=str(path))
-    if "g1_winner" in first:
-        records = matches.load_judgments(path, "pairwise")
-        involved = {m for r in records for m in (r["model_1"], r["model_2"])}
-        baseline = baseline if baseline in involved else None
-        return {
-            "mode": "pairwise",
-            "baseline": baseline,
-            "judgment_file": str(path),
-            **_pair_summary(records, baseline),
-        }
-    question_file = Path(questions) if questions else path.parent.parent / "question.jsonl"
-    categories = None
-    if question_file.is_file():
-        categories = {q.question_id: q.category for q in mtb.load_questions(question_file)}
-    summary = summarize_single(matches.load_judgments(path, "single"), categories)
-    return {
-        "mode": "single",
-        "judgment_file": str(path),
-        "models": {m: v.as_dict() for m, v in summary.items()},
+        **matches.pair_summary(records, baseline),
     }
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from zephyr.errors import DataError
 from zephyr.evaluate.judges import JudgeTask, PromptSet, parse_rating, parse_verdict
-from zephyr.evaluate.mt_bench import Question, answer_turns
+from zephyr.evaluate.mt_bench import Question, answer_turns, load_questions
+from zephyr.evaluate.scoring import summarize_pairwise, summarize_single
 from zephyr.io import read_jsonl
 
 log = logging.getLogger(__name__)
@@ -192,3 +193,39 @@ def load_judgments(path: str | Path, kind: str) -> list[dict]:
             )
         out.append(row)
     return out
+
+
+def pair_summary(records: list[dict], baseline: str | None) -> dict:
+    errors = sum("error" in (r["g1_winner"], r["g2_winner"]) for r in records)
+    return {
+        "n_errors": errors,
+        "models": {m: p.as_dict() for m, p in summarize_pairwise(records, baseline).items()},
+    }
+
+
+def score_judgments(path: str, questions: str | None, baseline: str | None) -> dict:
+    """Scores from an existing judgment file, exactly as FastChat's show_result computes them."""
+    path = Path(path)
+    first = next((row for _, row in read_jsonl(path, objects=True)), None)
+    if first is None:
+        raise DataError("holds no judgments", source=str(path))
+    if "g1_winner" in first:
+        records = load_judgments(path, "pairwise")
+        involved = {m for r in records for m in (r["model_1"], r["model_2"])}
+        baseline = baseline if baseline in involved else None
+        return {
+            "mode": "pairwise",
+            "baseline": baseline,
+            "judgment_file": str(path),
+            **pair_summary(records, baseline),
+        }
+    question_file = Path(questions) if questions else path.parent.parent / "question.jsonl"
+    categories = None
+    if question_file.is_file():
+        categories = {q.question_id: q.category for q in load_questions(question_file)}
+    summary = summarize_single(load_judgments(path, "single"), categories)
+    return {
+        "mode": "single",
+        "judgment_file": str(path),
+        "models": {m: v.as_dict() for m, v in summary.items()},
+    }

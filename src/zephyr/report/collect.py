@@ -145,7 +145,7 @@ def training_curves(run_dir: Path) -> list[Curves]:
 def mt_bench_results(run_dir: Path, extra: list[str]) -> tuple[list[MTBenchResult], list[PairwiseResult]]:
     """Single-grading summaries and pairwise summaries of every judgment file found or given."""
     # Lazy, and the only line naming where scoring lives, so a move of it in evaluate touches just this.
-    from zephyr.evaluate.benchmarks import score_judgments
+    from zephyr.evaluate.mt_bench_matches import score_judgments
 
     files = sorted(run_dir.rglob("model_judgment/*.jsonl")) + [Path(p) for p in extra]
     singles, pairs = [], []
