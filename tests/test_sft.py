@@ -325,7 +325,9 @@ def test_embedded_model_sft_then_generate(tmp_path):
     ]
     tok = tokenize_conversation(tokenizer, convo)
     ids = torch.tensor([tok.input_ids])
-    labels = torch.tensor([[t if m else -100 for t, m in zip(tok.input_ids, tok.assistant_mask, strict=True)]])
+    labels = torch.tensor(
+        [[t if m else -100 for t, m in zip(tok.input_ids, tok.assistant_mask, strict=True)]]
+    )
     base = load_model("smollm2-135m-instruct").eval()
     with torch.no_grad():
         before = base(input_ids=ids, labels=labels).loss.item()
