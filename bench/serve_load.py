@@ -5,10 +5,15 @@ all requests at once through the official `openai` async client, then sends the 
 sequentially. Reports requests/s, generated tokens/s and p50/p95 latency for both, and the speedup
 of dynamic batching (concurrent tokens/s over sequential tokens/s). Floors: speedup >= 3, no failures.
 
+Then, with zephyr's server stopped, the same concurrent load goes to the peer: transformers' own
+OpenAI-compatible server, `transformers serve --continuous-batching`, on the same checkpoint (each
+side alone on the machine, one after the other). `vs_peer` is zephyr's concurrent tokens/s over the
+peer's. `--peer none` skips it.
+
     python bench/serve_load.py                      # 64 requests, 48 tokens each, recorded in BENCHMARKS.md
     python bench/serve_load.py --requests 16 --no-record
 
-Ends with `RESULT speedup=... failed=...`; exits 1 when a floor is missed.
+Ends with `RESULT speedup=... failed=... vs_peer=...`; exits 1 when a floor is missed.
 """
 
 from __future__ import annotations
@@ -116,16 +121,11 @@ async def ask(client, model: str, prompt: str, args, phase: Phase) -> None:
 async def run_phases(url: str, args) -> tuple[Phase, Phase]:
     from openai import AsyncOpenAI
 
+    concurrent = await run_concurrent(url, args, "concurrent")
+    print(f"concurrent: {concurrent.done} requests in {concurrent.wall:.1f} s", flush=True)
     client = AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=args.request_timeout)
     model = (await client.models.list()).data[0].id
     work = prompts(args.requests)
-    await ask(client, model, "Hello!", args, Phase("warm-up"))
-
-    concurrent = Phase("concurrent")
-    start = time.perf_counter()
-    await asyncio.gather(*(ask(client, model, p, args, concurrent) for p in work))
-    concurrent.wall = time.perf_counter() - start
-    print(f"concurrent: {concurrent.done} requests in {concurrent.wall:.1f} s", flush=True)
 
     sequential = Phase("sequential")
     start = time.perf_counter()
@@ -149,8 +149,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args, log_file) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def zephyr_command(args, port: int) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
@@ -161,10 +160,32 @@ def start_server(args, log_file) -> tuple[subprocess.Popen, str]:
         "127.0.0.1",
         "--port",
         str(port),
-        "--max-batch-size",
-        str(args.max_batch_size),
-    ] + (["--threads", str(args.threads)] if args.threads else [])
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+    ]
+    cmd += ["--max-batch-size", str(args.max_batch_size)]
+    return cmd + (["--threads", str(args.threads)] if args.threads else [])
+
+
+def peer_command(args, port: int) -> list[str]:
+    """transformers serve on the same weights: the checkpoint zephyr resolves the model spec to."""
+    from zephyr.models import resolve_model
+
+    checkpoint = resolve_model(args.model)
+    transformers_cli = str(Path(sys.executable).with_name("transformers"))
+    return [transformers_cli, "serve", checkpoint, "--continuous-batching", "--host", "127.0.0.1"] + [
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--log-level",
+        "warning",
+    ]
+
+
+def start_server(args, log_file, command=zephyr_command) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(command(args, port), stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + args.startup_timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -176,6 +197,33 @@ def start_server(args, log_file) -> tuple[subprocess.Popen, str]:
     proc.kill()
     log_file.seek(0)
     raise SystemExit(f"The server did not come up:\n{log_file.read().decode(errors='replace')[-3000:]}")
+
+
+def run_peer(args) -> Phase:
+    """The same concurrent load against the peer server (zephyr's is stopped by then)."""
+    with tempfile.TemporaryFile() as log_file:
+        proc, url = start_server(args, log_file, peer_command)
+        try:
+            peer = asyncio.run(run_concurrent(url, args, "peer: transformers serve --continuous-batching"))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(f"peer: {peer.done} requests in {peer.wall:.1f} s", flush=True)
+    return peer
+
+
+async def run_concurrent(url: str, args, name: str) -> Phase:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=args.request_timeout)
+    model = (await client.models.list()).data[0].id
+    await ask(client, model, "Hello!", args, Phase("warm-up"))
+    phase = Phase(name)
+    start = time.perf_counter()
+    await asyncio.gather(*(ask(client, model, p, args, phase) for p in prompts(args.requests)))
+    phase.wall = time.perf_counter() - start
+    await client.close()
+    return phase
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         help="Stop the one-at-a-time phase after this many seconds (rates stay comparable)",
     )
     parser.add_argument("--startup-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--peer", choices=["transformers", "none"], default="transformers", help="Also load the peer server"
+    )
     parser.add_argument("--no-record", action="store_true", help="Do not append the result to BENCHMARKS.md")
     args = parser.parse_args(argv)
     load_at_start = os.getloadavg()[0]
@@ -205,12 +256,17 @@ def main(argv: list[str] | None = None) -> int:
             proc.terminate()
             proc.wait(timeout=30)
 
+    peer = run_peer(args) if args.peer != "none" else None
     speedup = concurrent.tokens_per_s / sequential.tokens_per_s if sequential.tokens_per_s else float("nan")
     failed = concurrent.failed + sequential.failed
     ok = speedup >= MIN_SPEEDUP and failed == 0
-    table = "\n".join([TABLE_HEAD, concurrent.row(), sequential.row()])
+    rows = [TABLE_HEAD, concurrent.row(), sequential.row()] + ([peer.row()] if peer else [])
+    table = "\n".join(rows)
     print("\n" + table + "\n")
     result = f"RESULT speedup={speedup:.2f} failed={failed}"
+    if peer:
+        vs_peer = concurrent.tokens_per_s / peer.tokens_per_s if peer.tokens_per_s else float("nan")
+        result += f" vs_peer={vs_peer:.2f} peer_failed={peer.failed}"
     if not args.no_record:
         command = shlex.join(["python", "bench/serve_load.py", *(argv if argv is not None else sys.argv[1:])])
         notes = (
@@ -219,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{os.getloadavg()[0]:.1f} at the end. Speedup is concurrent tokens/s over sequential tokens/s "
             f"(floor {MIN_SPEEDUP:.0f}x, zero failures): floors {'met' if ok else 'MISSED'}.{sequential.note}"
         )
+        if peer:
+            notes += (
+                " The peer row is `transformers serve --continuous-batching` (fp32, CPU) on the same checkpoint, "
+                "same requests all at once, started after zephyr's server had stopped; `vs_peer` is zephyr's "
+                "concurrent tokens/s over the peer's."
+            )
         append_to_benchmarks(
             "Serving load: dynamic batching vs one request at a time", command, table + "\n\n" + notes, result
         )

@@ -178,6 +178,18 @@ def test_openai_backend_gives_up_after_max_retries(served, fault, reason):
     assert proxy.attempts["Hello there"] == 2
 
 
+def test_a_trickling_reply_is_bounded_by_the_whole_request_deadline(served):
+    """A judge that sends a byte every 0.1 s never trips the per-read `timeout`; `request_timeout` ends the
+    attempt (the full trickle would take about 8 s)."""
+    with FaultProxy(served, lambda body, attempt: "trickle") as proxy:
+        spec = fast_retries(proxy.url, max_retries=0, timeout=1.0, request_timeout=1.0)
+        with make_backend(spec) as backend:
+            started = time.monotonic()
+            with pytest.raises(BackendError, match="timed out.*longer than 1 s in all"):
+                backend.generate(CONVERSATIONS[:1], SamplingParams(temperature=0.0, max_tokens=4))
+            assert time.monotonic() - started < 4.0
+
+
 def test_openai_backend_does_not_retry_a_bad_request(served):
     with (
         FaultProxy(served, lambda body, attempt: "400") as proxy,

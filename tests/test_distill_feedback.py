@@ -334,6 +334,31 @@ def test_feedback_stage_reports_failed_prompts_and_resumes_only_those(tmp_path, 
     assert len(records) == 6 and bad[0].line == 7
 
 
+def test_rows_the_judge_could_not_read_at_all_can_be_asked_again(tmp_path, monkeypatch):
+    """A judge that answered garbage leaves rows with no rating; `retry_unreadable` asks again and
+    replaces them, without duplicating a row or touching the readable ones."""
+    source = write_completions(tmp_path / "c.jsonl", {f"p{i}": ["GOOD x", "BAD y"] for i in range(3)})
+    judge = ScriptedJudge("garbage")
+    monkeypatch.setattr(backends_module, "make_backend", lambda spec: judge)
+    out = tmp_path / "rated.jsonl"
+    settings = {"input": source, "output": str(out), "judge": "any", "progress": False}
+    feedback(parse_config([FeedbackConfig], None, settings)[0])
+    # Rows rated without a single readable rating count as finished: a plain rerun asks nothing.
+    judge.mode, judge.calls = "blocks", []
+    again = feedback(parse_config([FeedbackConfig], None, settings)[0])
+    assert (again.resumed, again.written, len(judge.calls)) == (3, 0, 0)
+    retried = feedback(parse_config([FeedbackConfig], None, {**settings, "retry_unreadable": True})[0])
+    assert (retried.resumed, retried.written) == (0, 3) and judge.calls
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["prompt_id"] for r in rows) == ["p0", "p1", "p2"]
+    assert all(r["completions"][0]["fine-grained_score"] == 5 for r in rows)
+    judge.calls = []
+    assert (
+        feedback(parse_config([FeedbackConfig], None, {**settings, "retry_unreadable": True})[0]).written == 0
+    )
+    assert judge.calls == []
+
+
 def test_feedback_against_zephyr_serve_records_unreadable_ratings(tmp_path, served):
     source = write_completions(tmp_path / "c.jsonl", {"p0": ["GOOD x", "BAD y"]})
     judge = {"type": "openai", "model": "tiny", "base_url": served}

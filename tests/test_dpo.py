@@ -489,6 +489,18 @@ def test_prompt_filling_max_length_is_a_data_error(tokenizer):
     assert ds["row"] == [0]
 
 
+def test_one_prompt_id_for_two_different_prompts_is_a_data_error(tokenizer):
+    """Mislabelled data (two prompts under one id) must not train silently."""
+    rows = [pref_row("Hi", "Hello!", "Go away."), dict(pref_row("Bye", "Ciao!", "No."), prompt_id="Hi")]
+    with pytest.raises(DataError, match=r"row 1, field `prompt_id`: shares prompt_id 'Hi' with row 0"):
+        tokenize_preferences(rows, tokenizer, 96, None)
+    ds, skipped, _ = tokenize_preferences(rows, tokenizer, 96, None, on_error="skip")
+    assert (len(ds), skipped) == (1, 1)
+    # The same prompt under one id, several pairs of it, is the normal case.
+    same = [pref_row("Hi", "Hello!", "Go away."), pref_row("Hi", "Hey!", "Leave.")]
+    assert len(tokenize_preferences(same, tokenizer, 96, None)[0]) == 2
+
+
 # ----------------------------------------------------------------------------------------- 5. bad input
 
 

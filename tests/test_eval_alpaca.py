@@ -271,3 +271,41 @@ def test_own_instructions_need_reference_outputs(tmp_path, monkeypatch):
         benchmarks.alpaca(
             ev_settings.AlpacaSettings(model="m", judge="j", instructions=str(path), output_dir=str(tmp_path))
         )
+
+
+def test_duplicate_outputs_and_annotations_are_refused(tmp_path):
+    """A second output or annotation of the same pair would be counted twice in the win rate."""
+    outputs = tmp_path / "outputs.json"
+    row = {"instruction": "a", "output": "b", "generator": "g"}
+    outputs.write_text(json.dumps([row, {**row, "output": "other"}]))
+    with pytest.raises(DataError, match=r"row 1, field `instruction`: a second output of `g`"):
+        ae.load_outputs(outputs)
+    annotations = tmp_path / "annotations.json"
+    one = {"instruction": "a", "generator_1": "ref", "generator_2": "m", "preference": 2}
+    annotations.write_text(json.dumps([one, one]))
+    with pytest.raises(DataError, match=r"row 1, field `instruction`: annotates the same instruction"):
+        ae.load_annotations(annotations)
+    annotations.write_text(json.dumps([{k: v for k, v in one.items() if k != "generator_2"}]))
+    with pytest.raises(DataError, match=r"row 0, field `generator_2`: is missing"):
+        ae.load_annotations(annotations)
+    annotations.write_text("[]")
+    with pytest.raises(DataError, match="holds no annotations"):
+        ae.load_annotations(annotations)
+
+
+def test_outputs_are_kept_one_by_one_across_a_kill(tmp_path):
+    """Each output is durable as soon as it arrives (a kill after 5 of 8 redoes only 3)."""
+    instructions = [{"instruction": f"Say {i}.", "dataset": "d"} for i in range(8)]
+    out = tmp_path / "model_outputs.json"
+    from zephyr.generation.params import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=8)
+    dying = ScriptedBackend("m", lambda c, p: c[-1]["content"].upper(), fail_after=5)
+    with pytest.raises(RunInterrupted):
+        ae.generate_outputs(dying, instructions, "m", out, params, concurrency=1, save_every=100)
+    partial = out.with_name(out.name + ".partial.jsonl")
+    assert len(partial.read_text().splitlines()) == 5
+    healthy = ScriptedBackend("m", lambda c, p: c[-1]["content"].upper())
+    done = ae.generate_outputs(healthy, instructions, "m", out, params, concurrency=1, save_every=100)
+    assert len(healthy.calls) == 3 and [d["output"] for d in done] == [f"SAY {i}." for i in range(8)]
+    assert not partial.exists() and len(json.loads(out.read_text())) == 8

@@ -25,7 +25,7 @@ from zephyr.evaluate.judges import (
     parse_rating,
     parse_verdict,
 )
-from zephyr.evaluate.scoring import summarize_pairwise
+from zephyr.evaluate.scoring import summarize_pairwise, summarize_single
 from zephyr.generation.jobs import RunInterrupted
 
 
@@ -197,6 +197,23 @@ def test_pairwise_scores_follow_fastchat(tmp_path):
 def test_rating_parsing_matches_fastchat(text, score):
     assert parse_rating(text) == score
     assert type(parse_rating(text)) is type(score)
+
+
+@pytest.mark.parametrize("text", ["Rating: [[42]]", "Rating: [[0]]", "Rating: [[-3]]", "Rating: [[10.5]]"])
+def test_ratings_outside_the_1_to_10_scale_are_unreadable(text):
+    assert parse_rating(text) == -1
+
+
+def test_out_of_scale_scores_in_a_judgment_file_are_left_out():
+    """A judgment file written elsewhere with `[[42]]` scored 42 must not make "MT-Bench 42.00"."""
+    rows = [
+        {"question_id": 1, "model": "m", "score": 42, "turn": 1},
+        {"question_id": 2, "model": "m", "score": 8, "turn": 1},
+        {"question_id": 3, "model": "m", "score": 6, "turn": 1},
+    ]
+    summary = summarize_single(rows)["m"]
+    assert summary.score == pytest.approx(7.0)
+    assert summary.n_valid == 2 and summary.invalid == [(1, 1)]
 
 
 @pytest.mark.parametrize(
@@ -659,3 +676,10 @@ def test_a_record_torn_by_a_crash_is_dropped_on_resume(tmp_path):
     path.write_text(path.read_text() + "{broken\n" + json.dumps(judgment("alpha", 83, 1, 7)) + "\n")
     with pytest.raises(DataError, match="line 3"):  # damage before the last line is not a crash: say so
         matches.load_judgments(path, "single")
+
+
+def test_a_question_with_more_turns_than_mt_bench_judges_is_refused(tmp_path):
+    path = tmp_path / "question.jsonl"
+    path.write_text(json.dumps({"question_id": 1, "category": "writing", "turns": ["a", "b", "c"]}) + "\n")
+    with pytest.raises(DataError, match=r"line 1, field `turns`: has 3 turns; MT-Bench judges at most 2"):
+        mtb.load_questions(path)

@@ -242,12 +242,33 @@ def aliases_of(classes: Sequence[type]) -> dict[str, str]:
     return merged
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (PyYAML keeps the last one without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key `{key}` is given twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: Path) -> Any:
-    """A YAML file's content; bad UTF-8 or bad YAML is one ConfigError naming the file."""
+    """A YAML file's content; bad UTF-8, bad YAML or a duplicate key is one ConfigError naming the file."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid UTF-8 text (byte {exc.start})") from None
+    except yaml.MarkedYAMLError as exc:  # one line: the file, the line, what is wrong there
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise ConfigError(f"{path}, line {line}: invalid YAML: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
 
@@ -311,13 +332,14 @@ def to_dict(*configs) -> dict[str, Any]:
     return merged
 
 
-def help_text(classes: Sequence[type]) -> str:
-    """`--help` for a stage: each key, its default and its documentation, from the field metadata."""
+def help_text(classes: Sequence[type], ours_only: bool = False) -> str:
+    """`--help` for a stage: each key, its default and its documentation, from the field metadata.
+    ``ours_only`` lists only the fields declared with ``setting`` (not, say, TrainingArguments' own)."""
     lines = []
     for cls in classes:
         lines.append(f"\n{cls.__name__}:")
         for f in dataclasses.fields(cls):
-            if not f.init:
+            if not f.init or (ours_only and "limits" not in f.metadata):
                 continue
             default = (
                 f.default

@@ -8,7 +8,8 @@ Every stage writes through here, so there is one answer to "what does a kill -9 
 - growing outputs (``append_jsonl``, ``RowLog``) gain one whole, flushed line per finished record; a
   line torn by a crash is cut off by the next writer, so it is redone, never half-read;
 - ``read_jsonl`` yields ``(location, row)`` with ``location = {"source": path, "line": n}``, ready to be
-  passed to ``DataError(..., **location)``; its keywords choose what a bad line or a torn last line does.
+  passed to ``DataError(..., **location)``; its keywords choose what a bad line or a torn last line does;
+- ``output_lock`` keeps two runs from writing one output at the same time.
 
 Nothing here imports torch, transformers or datasets.
 """
@@ -23,6 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -259,6 +261,26 @@ class RowLog:
                 rows.append(row)
         return rows
 
+    def replace_rows(self, rows: list[dict]) -> None:
+        """Rewrite the file with only ``rows``: built beside it, locked before it is renamed into place (so
+        no other run can slip in between), fsynced, then swapped in whole; a crash leaves the old file."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.fchmod(fd, 0o644)  # as the file it replaces (mkstemp makes 0600)
+            data = memoryview(jsonl_text(rows).encode("utf-8"))
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        os.close(self._fd)
+        self._fd = fd
+        os.lseek(self._fd, 0, os.SEEK_END)
+
     def _read_all(self) -> bytes:
         size = os.fstat(self._fd).st_size
         chunks, offset = [], 0
@@ -315,3 +337,64 @@ class EventLog:
             self._file = None
         elif self.path.exists():
             self.path.unlink()  # a clean run leaves no stale failures behind
+
+
+# ---- output locks ----------------------------------------------------------------------------------
+
+
+class OutputLocked(ZephyrError):
+    """Another live process is writing the same output."""
+
+
+def lock_path(target: PathLike) -> Path:
+    """``.NAME.lock`` beside an output: it outlives the output being swapped, and stays out of model dirs."""
+    target = Path(target).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.parent / f".{target.name}.lock"
+
+
+def _lock_holder(fd: int, tries: int = 3) -> dict:
+    for _ in range(tries):  # a new holder truncates, then writes: give it a moment when the file reads empty
+        raw = os.pread(fd, 4096, 0)
+        if raw.strip():
+            holder = parse_line(raw, {})
+            return holder if isinstance(holder, dict) else {}
+        time.sleep(0.05)
+    return {}
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        return os.kill(pid, 0) is None  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+
+
+@contextmanager
+def output_lock(target: PathLike, what: str) -> Iterator[Path]:
+    """Hold the exclusive lock on an output for the ``with`` block; a second holder fails at once, naming the
+    PID in the lock file. An ``flock``: the kernel drops it when its holder dies, however it dies."""
+    path = lock_path(target)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        who = f"{holder.get('what', 'another run')} (PID {holder.get('pid', 'unknown')})"
+        raise OutputLocked(f"{target} is in use by {who}; wait for it to finish or stop it") from None
+    try:
+        stale = _lock_holder(fd, tries=1)
+        if isinstance(stale.get("pid"), int) and not _is_running(stale["pid"]):
+            log.warning(
+                "%s: taking over the lock of PID %d, which is no longer running", target, stale["pid"]
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "what": what}).encode() + b"\n", 0)
+        yield path
+    finally:
+        # Released cleanly: nothing stale to report. Never deleted: two runs could lock two files of one name.
+        os.ftruncate(fd, 0)
+        os.close(fd)

@@ -10,4 +10,6 @@ top-level package.
 - ``support.models``: tiny random Llama builders and the activation-checkpointing helper.
 - ``support.fakes``: a scripted generation backend for the evaluation tests.
 - ``support.http``: ``FaultProxy`` (a fault-injecting HTTP proxy) and fast-retry backend specs.
+- ``support.processes``: starting the real CLI paused at a named point, for the SIGKILL tests.
+- ``support.gguf_models``: tiny Llamas and a SentencePiece-style tokenizer for the GGUF export tests.
 """

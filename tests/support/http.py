@@ -18,7 +18,7 @@ class FaultProxy:
 
     ``plan(body, attempt)`` gets the request JSON and how many times a request with that body has been
     seen (1 for the first) and returns "pass", "500", "503", "429", "400", "hang", "garbage", "truncated"
-    or "drop". ``attempts[key]`` counts requests per last user message; ``max_in_flight`` is the most
+    "drop" or "trickle". ``attempts[key]`` counts requests per last user message; ``max_in_flight`` is the most
     requests it held at once.
     """
 
@@ -72,6 +72,19 @@ class FaultProxy:
         if action == "hang":
             time.sleep(self.hang)
             return handler.close_connection or None
+        if action == "trickle":  # a valid reply, one byte every 0.1 s: never a read timeout, never done
+            payload = json.dumps(
+                {"choices": [{"message": {"content": "slow"}, "finish_reason": "stop"}], "usage": {}}
+            ).encode()
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            for byte in payload:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                time.sleep(0.1)
+            return None
         if action == "drop":
             handler.close_connection = True
             handler.connection.shutdown(socket.SHUT_RDWR)

@@ -14,6 +14,7 @@ neither torch nor transformers. User errors (ZephyrError) print as one line, nev
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -52,7 +53,9 @@ COMMANDS = {
         "zephyr.cli.serve", "Serve a model over an OpenAI-compatible API with a chat page.", recipe=False
     ),
     "export": Command(
-        "zephyr.cli.export", "Merge a LoRA adapter into its base and save a plain checkpoint.", recipe=False
+        "zephyr.cli.export",
+        "Export a model: a merged plain checkpoint, or GGUF + Modelfile for llama.cpp.",
+        recipe=False,
     ),
 }
 
@@ -127,6 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         return module.run(args, extra) or 0
     except ZephyrError as exc:
         print(f"zephyr {ns.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A full disk is the user's to fix, not a bug: every stage writes atomically or appends whole
+        # records, so what finished is kept and a rerun resumes.
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(
+            f"zephyr {ns.command}: error: no space left on the device{where}; finished work is kept, "
+            "free some space and rerun to resume",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"zephyr {ns.command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)

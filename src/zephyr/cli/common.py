@@ -49,15 +49,16 @@ def run_training(config_cls: type, train: Callable, what: str, args, extra) -> i
     return 0
 
 
-def training_description(config_cls: type, command: str, extra_keys: str) -> str:
+def training_description(config_cls: type, command: str) -> str:
     from zephyr.data.config import DataArguments
     from zephyr.models import ModelArguments
 
-    return describe(
+    body = describe(
         [ModelArguments, DataArguments],
         f"zephyr {command} recipes/demo/{command}.yaml --max_steps=5 --output_dir=runs/{command}",
         f"alignment-handbook {command.upper()} recipes parse as they are.",
-    ) + (
-        f"\n\n{config_cls.__name__}: every transformers.TrainingArguments key, plus:\n  {extra_keys}"
-        f"  (see zephyr.train.config.{config_cls.__name__})"
+    )
+    own = help_text([config_cls], ours_only=True)
+    return (
+        f"{body}\n{own}\n  ... and every transformers.TrainingArguments key (learning_rate, max_steps, ...)."
     )

@@ -5,12 +5,8 @@ from __future__ import annotations
 from zephyr.cli.common import add_recipe_argument, run_training, training_description
 from zephyr.train.config import DPOConfig
 
-DESCRIPTION = training_description(
-    DPOConfig,
-    "dpo",
-    "--beta --loss_type --label_smoothing --max_length --max_prompt_length --ref_model_name_or_path"
-    "\n  --precompute_ref_log_probs --ref_cache_dir --padding_free --prefix_sharing",
-)
+DESCRIPTION = training_description(DPOConfig, "dpo")
+
 add_arguments = add_recipe_argument
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from zephyr.cli.common import add_recipe_argument, run_training, training_description
 from zephyr.train.config import SFTConfig
 
-DESCRIPTION = training_description(SFTConfig, "sft", "--max_length --packing --padding_free")
+DESCRIPTION = training_description(SFTConfig, "sft")
+
 add_arguments = add_recipe_argument
 
 

@@ -73,6 +73,11 @@ class FeedbackConfig:
     concurrency: int = setting(
         "Prompts judged at once (a local judge batches their requests together).", default=8
     )
+    retry_unreadable: bool = setting(
+        "Ask the judge again about rows already in `output` where not one rating could be read (a judge "
+        "that was down, overloaded or answering garbage when they were rated). The rows are replaced.",
+        default=False,
+    )
     progress: bool = setting("Show a progress bar.", default=True)
 
     def __post_init__(self):
@@ -285,9 +290,21 @@ def feedback(cfg: FeedbackConfig) -> StageResult:
             settings=cfg.settings(),
             bad_input=bad,
             progress=cfg.progress,
+            redo=nothing_read if cfg.retry_unreadable else None,
         )
     log.info("feedback: %s", parse_rates(cfg.output))
     return result
+
+
+def nothing_read(row: dict) -> bool:
+    """True for a rated row in which the judge's replies gave not a single readable rating."""
+    ratings = [
+        r.get("rating")
+        for c in row.get("completions") or []
+        for r in (c.get("annotations") or {}).values()
+        if isinstance(r, dict)
+    ]
+    return bool(ratings) and all(r is None for r in ratings)
 
 
 def parse_rates(path: str) -> str:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from zephyr.errors import ConfigError, DataError, ZephyrError
 from zephyr.generation.jobs import JobStats, run_jobs
-from zephyr.io import EventLog, RowLog, write_json
+from zephyr.io import EventLog, RowLog, output_lock, write_json
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +95,22 @@ def run_stage(
     settings: dict,
     bad_input: Sequence[DataError] = (),
     progress: bool = True,
+    redo: Callable[[dict], bool] | None = None,
 ) -> StageResult:
-    """Work every ``(key, payload)`` whose key is not yet in ``output``, writing rows as they finish."""
+    """Work every ``(key, payload)`` whose key is not yet in ``output``, writing rows as they finish.
+    Rows already there for which ``redo(row)`` is true are taken out of the output and worked again."""
     output = Path(output)
     started = time.monotonic()
     failures = EventLog(side_path(output, "failures.jsonl"))
-    with RowLog(output) as rows:
-        done = {row.get("prompt_id") for row in rows.existing()}
+    # The lock beside the output also covers its side files and names the holder to a second run.
+    with output_lock(output, f"zephyr {stage}"), RowLog(output) as rows:
+        existing = rows.existing()
+        if redo is not None and any(redo(row) for row in existing):
+            kept = [row for row in existing if not redo(row)]
+            log.info("%s: asking again for %d row(s) of %s", stage, len(existing) - len(kept), output)
+            rows.replace_rows(kept)
+            existing = kept
+        done = {row.get("prompt_id") for row in existing}
         check_settings(output, settings, bool(done))
         for err in bad_input:
             failures.add(

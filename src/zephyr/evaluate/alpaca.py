@@ -26,7 +26,7 @@ from zephyr.errors import ConfigError, DataError
 from zephyr.evaluate.judges import JudgePrompt, JudgeTask, parse_verdict
 from zephyr.evaluate.scoring import WinRate, normalise_preference, win_rate
 from zephyr.generation.jobs import DEFAULT_CONCURRENCY, run_jobs
-from zephyr.io import read_json, read_jsonl, write_json
+from zephyr.io import append_jsonl, read_json, read_jsonl, write_json
 
 if TYPE_CHECKING:
     from zephyr.generation.backends import Backend
@@ -79,7 +79,7 @@ def load_outputs(path: str | Path) -> list[dict]:
     data = read_json(path)
     if not isinstance(data, list):
         raise DataError(f"must hold a JSON array of outputs, got {type(data).__name__}", source=str(path))
-    out = []
+    out, seen = [], {}
     for i, row in enumerate(data):
         if not isinstance(row, dict):
             raise DataError(f"must be an object, got {type(row).__name__}", source=str(path), row=i)
@@ -89,6 +89,14 @@ def load_outputs(path: str | Path) -> list[dict]:
                 f"must be a string, got {row.get('output')!r:.60}", source=str(path), row=i, field="output"
             )
         generator = _text(row.get("generator"), str(path), "generator", row=i)
+        if (instruction, generator) in seen:
+            raise DataError(
+                f"a second output of `{generator}` for the same instruction (first in row {seen[instruction, generator]})",
+                source=str(path),
+                row=i,
+                field="instruction",
+            )
+        seen[instruction, generator] = i
         out.append(
             {
                 "instruction": instruction,
@@ -110,12 +118,19 @@ def generate_outputs(
     concurrency: int = DEFAULT_CONCURRENCY,
     save_every: int = 16,
 ) -> list[dict]:
-    """Outputs for every instruction, in instruction order. Instructions already in ``out_file`` are kept;
-    the file is rewritten every ``save_every`` new outputs and at the end, so a rerun resumes."""
+    """Outputs for every instruction, in instruction order. Each new output is appended (and fsynced) to
+    ``<out_file>.partial.jsonl`` the moment it arrives, so a kill loses none; ``out_file`` itself (the JSON
+    array AlpacaEval reads) is rewritten every ``save_every`` outputs and at the end, when the partial log
+    goes. A rerun resumes from both."""
     out_file = Path(out_file)
+    partial = out_file.with_name(out_file.name + ".partial.jsonl")
     done = {}
     if out_file.is_file():
         done = {r["instruction"]: r for r in load_outputs(out_file) if r["generator"] == generator}
+    if partial.is_file():
+        for _, row in read_jsonl(partial, objects=True, torn_tail="skip"):
+            if row.get("generator") == generator and isinstance(row.get("instruction"), str):
+                done[row["instruction"]] = row
     todo = [x for x in instructions if x["instruction"] not in done]
     unsaved = 0
 
@@ -128,12 +143,9 @@ def generate_outputs(
     def keep(index: int, text: str) -> None:
         nonlocal unsaved
         x = todo[index]
-        done[x["instruction"]] = {
-            "instruction": x["instruction"],
-            "output": text.strip(),
-            "generator": generator,
-            "dataset": x["dataset"],
-        }
+        record = {"instruction": x["instruction"], "output": text.strip(), "generator": generator}
+        done[x["instruction"]] = record | {"dataset": x["dataset"]}
+        append_jsonl(partial, [done[x["instruction"]]])
         unsaved += 1
         if unsaved >= save_every:
             write()
@@ -148,8 +160,8 @@ def generate_outputs(
             unit="instruction",
         )
     finally:
-        if unsaved or not out_file.is_file():
-            write()
+        write()
+    partial.unlink(missing_ok=True)  # everything is in out_file now
     return [done[x["instruction"]] for x in instructions]
 
 
@@ -250,12 +262,26 @@ def load_annotations(path: str | Path) -> list[dict]:
     data = read_json(path)
     if not isinstance(data, list):
         raise DataError(f"must hold a JSON array of annotations, got {type(data).__name__}", source=str(path))
+    seen: dict[tuple, int] = {}
     for i, row in enumerate(data):
         if not isinstance(row, dict):
             raise DataError(f"must be an object, got {type(row).__name__}", source=str(path), row=i)
         if "preference" not in row:
             raise DataError("is missing", source=str(path), row=i, field="preference")
         normalise_preference(row["preference"], f" ({path}, row {i})")
+        if "generator_2" not in row:  # the model's name: without it the win rate belongs to nobody
+            raise DataError("is missing", source=str(path), row=i, field="generator_2")
+        key = tuple(str(row.get(k)) for k in ("instruction", "generator_1", "generator_2", "annotator"))
+        if key in seen:
+            raise DataError(
+                f"annotates the same instruction and models as row {seen[key]}; each would count twice",
+                source=str(path),
+                row=i,
+                field="instruction",
+            )
+        seen[key] = i
+    if not data:
+        raise DataError("holds no annotations", source=str(path))
     return data
 
 
@@ -263,5 +289,5 @@ def win_rates(annotations: Sequence[dict]) -> dict[str, WinRate]:
     """Win rate of each model (generator_2) against its reference, over that model's annotations."""
     by_model: dict[str, list] = {}
     for a in annotations:
-        by_model.setdefault(str(a.get("generator_2", "model")), []).append(a["preference"])
+        by_model.setdefault(str(a["generator_2"]), []).append(a["preference"])
     return {model: win_rate(prefs) for model, prefs in sorted(by_model.items())}

@@ -30,7 +30,7 @@ from zephyr.evaluate.settings import (
     PrefsSettings,
     open_backend,
 )
-from zephyr.io import append_jsonl, read_jsonl, safe_name, write_json, write_jsonl
+from zephyr.io import append_jsonl, output_lock, read_jsonl, safe_name, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,11 @@ def mt_bench(s: MTBenchSettings) -> dict:
             "--output-dir, or --judgments FILE to score existing judgments"
         )
     out = Path(s.output_dir)
+    with output_lock(out, "zephyr eval mt-bench"):  # two runs would each make (and append) every judgment
+        return _mt_bench(s, out)
+
+
+def _mt_bench(s: MTBenchSettings, out: Path) -> dict:
     questions = mtb.load_questions(s.questions or BUILTIN_QUESTIONS)
     references = _references(s, questions)
     _keep_question_file(out, questions)
@@ -193,6 +198,11 @@ def alpaca(s: AlpacaSettings) -> dict:
     if s.annotations:
         return alpaca_results(ae.load_annotations(s.annotations), s.annotations)
     out = Path(s.output_dir)
+    with output_lock(out, "zephyr eval alpaca"):  # two runs would each annotate every output
+        return _alpaca(s, out)
+
+
+def _alpaca(s: AlpacaSettings, out: Path) -> dict:
     instructions = ae.load_instructions(s.instructions or BUILTIN_INSTRUCTIONS)
     outputs = _alpaca_outputs(s, instructions, out)
     if not s.judge:
@@ -313,6 +323,11 @@ def _scoring_model(spec: str, dtype: str, tokenizer):
 
 def prefs(s: PrefsSettings) -> dict:
     """Score held-out pairs with the model (and its reference); returns and writes the metrics."""
+    with output_lock(s.output_dir, "zephyr eval prefs"):
+        return _prefs(s)
+
+
+def _prefs(s: PrefsSettings) -> dict:
     import gc
 
     from zephyr.data import load_rows

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zephyr.errors import ConfigError, DataError
+from zephyr.evaluate.scoring import in_scale
 from zephyr.generation.jobs import DEFAULT_CONCURRENCY, run_jobs
 from zephyr.io import read_jsonl
 
@@ -156,9 +157,13 @@ def _number(text: str) -> int | float:
 
 
 def parse_rating(judgment: str) -> int | float:
-    """The judge's rating: the first ``[[n]]``, else the first ``[n]``; -1 when there is none."""
+    """The judge's rating: the first ``[[n]]``, else the first ``[n]``; -1 when there is none or it lies
+    outside MT-Bench's 1-10 scale (counted as unreadable, like a missing rating)."""
     match = ONE_SCORE.search(judgment) or ONE_SCORE_BACKUP.search(judgment)
-    return _number(match.group(1)) if match else -1
+    if not match:
+        return -1
+    rating = _number(match.group(1))
+    return rating if in_scale(rating) else -1
 
 
 def parse_verdict(judgment: str, output_format: str = "[[A]]") -> str:

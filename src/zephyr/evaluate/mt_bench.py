@@ -51,6 +51,7 @@ TEMPERATURES = {
 DEFAULT_TEMPERATURE = 0.7  # a category FastChat does not know
 GREEDY_BELOW = 1e-4
 REFERENCE_CATEGORIES = ("math", "reasoning", "coding", "arena-hard-200")
+MAX_TURNS = 2
 CATEGORY_ORDER = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 
 
@@ -119,7 +120,17 @@ def load_questions(path: str | Path) -> list[Question]:
             raise DataError(
                 f"must be a non-empty string, got {category!r}", source=str(path), line=line, field="category"
             )
-        questions.append(Question(qid, category, _turns(row.get("turns"), str(path), line, "turns")))
+        turns = _turns(row.get("turns"), str(path), line, "turns")
+        if len(turns) > MAX_TURNS:
+            # The judge prompts grade turn 1 and turn 2 (FastChat's single-v1 and single-v1-multi-turn);
+            # accepting more turns would answer them and silently never grade them.
+            raise DataError(
+                f"has {len(turns)} turns; MT-Bench judges at most {MAX_TURNS}",
+                source=str(path),
+                line=line,
+                field="turns",
+            )
+        questions.append(Question(qid, category, turns))
     if not questions:
         raise DataError("holds no questions", source=str(path))
     return questions

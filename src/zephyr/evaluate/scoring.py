@@ -1,7 +1,8 @@
 """Score arithmetic for MT-Bench and AlpacaEval, kept free of I/O so each rule is checkable by hand.
 
 MT-Bench single grading (FastChat's show_result): rows scored -1 (the judge gave no rating) are
-dropped; each turn's score is the mean of its valid rows, and the model's MT-Bench score is the mean
+dropped, and so are ratings outside MT-Bench's 1-10 scale (a judge that writes `[[42]]` did not follow
+the prompt; FastChat would average it in); each turn's score is the mean of its valid rows, and the model's MT-Bench score is the mean
 of *all* valid rows pooled, not the mean of the two turn means (they differ when turns lose
 different numbers of rows).
 
@@ -25,6 +26,11 @@ from dataclasses import dataclass, field
 from zephyr.errors import DataError
 
 NO_SCORE = -1
+SCALE = (1, 10)  # MT-Bench's rating scale; anything else is an unreadable rating
+
+
+def in_scale(score: float) -> bool:
+    return SCALE[0] <= score <= SCALE[1]
 
 
 def _mean(values: list[float]) -> float | None:
@@ -64,7 +70,7 @@ def summarize_single(
     valid: dict[str, list[tuple[object, int, float]]] = defaultdict(list)
     invalid: dict[str, list[tuple[object, int]]] = defaultdict(list)
     for r in records:
-        if r["score"] == NO_SCORE:
+        if r["score"] == NO_SCORE or not in_scale(float(r["score"])):
             invalid[r["model"]].append((r["question_id"], int(r["turn"])))
         else:
             valid[r["model"]].append((r["question_id"], int(r["turn"]), float(r["score"])))

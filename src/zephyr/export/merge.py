@@ -37,14 +37,33 @@ def export_model(
     private: bool = False,
 ) -> Path:
     """Merge (when ``model`` is a LoRA adapter) and save a standalone checkpoint into ``output``."""
-    from zephyr.models import fit_embeddings_to_tokenizer, load_tokenizer
-
     output = Path(output).expanduser()
     if not is_main_process():
         log.info("Not the main process: leaving the export to rank 0")
         return output
+    check_output(output, overwrite)
+    merged, tokenizer, adapter = load_for_export(model, base=base, chat_template=chat_template, dtype=dtype)
+    _save_atomically(merged, tokenizer, output)
+    log.info("Saved %s checkpoint to %s", "merged" if adapter else "plain", output)
+    if push_to_hub:
+        push_folder(output, push_to_hub, private=private)
+    return output
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse to replace a non-empty ``--output`` unless asked to (before any slow loading)."""
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"`--output` {output} exists and is a file; choose a directory path")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise ConfigError(f"`--output` {output} exists and is not empty; pass --overwrite to replace it")
+
+
+def load_for_export(model: str, *, base: str | None = None, chat_template: str | None = None, dtype="auto"):
+    """``(model, tokenizer, adapter_dir)``: the model ready to leave zephyr, a LoRA adapter merged into its
+    base (``adapter_dir`` is None for a full model). ``model`` may also be a run's stage directory."""
+    from zephyr.models import fit_embeddings_to_tokenizer, load_tokenizer
+
+    model = stage_model(model)
     adapter, base_spec = _adapter_and_base(model, base)
     tokenizer = load_tokenizer(model if _has_tokenizer(adapter) else base_spec, chat_template)
     merged = _load_base(base_spec, dtype)
@@ -52,11 +71,19 @@ def export_model(
     fit_embeddings_to_tokenizer(merged, tokenizer)
     if adapter is not None:
         merged = _merge(merged, adapter)
-    _save_atomically(merged, tokenizer, output)
-    log.info("Saved %s checkpoint to %s", "merged" if adapter else "plain", output)
-    if push_to_hub:
-        push_folder(output, push_to_hub, private=private)
-    return output
+    return merged.eval(), tokenizer, adapter
+
+
+def stage_model(spec: str) -> str:
+    """A run's stage directory (``runs/demo/dpo``) stands for the model it trained (``dpo/model``)."""
+    path = Path(spec).expanduser()
+    markers = ("config.json", "adapter_config.json")
+    inner = path / "model"
+    if path.is_dir() and not any((path / m).is_file() for m in markers):
+        if any((inner / m).is_file() for m in markers):
+            log.info("%s is a stage directory; exporting its model %s", path, inner)
+            return str(inner)
+    return spec
 
 
 def _adapter_and_base(model: str, base: str | None) -> tuple[Path | None, str]:

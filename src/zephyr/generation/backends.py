@@ -109,6 +109,13 @@ class BackendSpec:
     timeout: float = setting(
         "openai: seconds to wait for the server at each step (connect, send, each read).", 60.0, gt=0
     )
+    request_timeout: float = setting(
+        "openai: longest one attempt may take in all, however the server paces its reply (a server that "
+        "trickles bytes never trips `timeout`); past it the attempt counts as timed out and is retried. "
+        "Checked as bytes arrive, so it holds to within one `timeout`.",
+        600.0,
+        gt=0,
+    )
     max_retries: int = setting(
         "openai: retries after the first attempt (408, 409, 425, 429, 5xx, timeouts, connection errors, "
         "unreadable replies).",

@@ -60,6 +60,7 @@ class OpenAIBackend(Backend):
             api_key=key or "unused",
             timeout=spec.timeout,
             max_retries=0,  # retried by _call, with the spec's backoff
+            http_client=deadline_client(spec.timeout, spec.request_timeout),
         )
         # A server without keys gets no Authorization header at all (the SDK insists on a key otherwise).
         self._headers = None if key else {"Authorization": openai.Omit()}
@@ -222,6 +223,43 @@ class OpenAIBackend(Backend):
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
+
+
+def deadline_client(timeout: float, deadline: float):
+    """An HTTP client whose every request ends by ``deadline`` seconds (to within one read ``timeout``).
+
+    httpx's timeouts apply per socket operation: a judge that sends one byte every few seconds holds a
+    row forever. The transport wraps each response's byte stream and fails it, as a read timeout (which
+    the SDK reports as APITimeoutError, a retried failure), once the whole request has run too long.
+    """
+    import httpx2
+
+    class DeadlineStream(httpx2.SyncByteStream):
+        def __init__(self, inner, until: float, request):
+            self.inner, self.until, self.request = inner, until, request
+
+        def __iter__(self):
+            for chunk in self.inner:
+                if time.monotonic() > self.until:
+                    raise httpx2.ReadTimeout(
+                        f"the reply took longer than {deadline:g} s in all", request=self.request
+                    )
+                yield chunk
+
+        def close(self) -> None:
+            self.inner.close()
+
+    class DeadlineTransport(httpx2.HTTPTransport):
+        def handle_request(self, request):
+            until = time.monotonic() + deadline
+            response = super().handle_request(request)
+            if time.monotonic() > until:
+                response.close()
+                raise httpx2.ReadTimeout(f"the reply took longer than {deadline:g} s in all", request=request)
+            response.stream = DeadlineStream(response.stream, until, request)
+            return response
+
+    return httpx2.Client(transport=DeadlineTransport(), timeout=timeout)
 
 
 def _checked_url(base_url: str) -> str:

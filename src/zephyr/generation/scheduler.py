@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from zephyr.generation.params import SamplingParams
+from zephyr.generation.stops import scan_stops, stable_length
 
 if TYPE_CHECKING:
     from zephyr.generation.engine import RequestHandle
@@ -66,6 +67,7 @@ class Row:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     emitted: int = 0  # characters of ``text`` already sent to the client
+    scanned: int = 0  # characters of ``text`` already searched for stop strings (its stable part)
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)  # filled only when the request asks
     pending_logprob: TokenLogprob | None = None  # the sampled token's, until accept() keeps or drops it
@@ -87,7 +89,8 @@ class Row:
         self.text = worker.tokenizer.decode(
             self.token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
-        stop_at, hold = scan_stops(self.text, self.params.stop, self.emitted)
+        stop_at, hold = scan_stops(self.text, self.params.stop, self.scanned)
+        self.scanned = stable_length(self.text)
         if stop_at is not None:
             return self.finish("stop", stop_at)
         if len(self.token_ids) >= self.max_new_tokens:
@@ -116,19 +119,6 @@ def row_generator(params: SamplingParams, choice: int) -> torch.Generator:
     else:
         g.manual_seed(seed)
     return g
-
-
-def scan_stops(text: str, stops: Sequence[str], emitted: int) -> tuple[int | None, int]:
-    """Where the first stop string starts (or None), and how many trailing characters to hold back
-    because they could be the beginning of a stop string that the next tokens complete."""
-    if not stops:
-        return None, 0
-    start = max(0, emitted - max(map(len, stops)) + 1)
-    hits = [i for s in stops if (i := text.find(s, start)) >= 0]
-    if hits:
-        return min(hits), 0
-    hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-    return None, hold
 
 
 def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

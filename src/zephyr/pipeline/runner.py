@@ -15,13 +15,18 @@ from their last row).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +34,7 @@ import yaml
 
 from zephyr.config import check_keys, load_yaml
 from zephyr.errors import ConfigError, ZephyrError
-from zephyr.io import read_json, write_atomic, write_json
+from zephyr.io import output_lock, read_json, write_atomic, write_json
 from zephyr.pipeline.keys import input_digests, stage_key
 from zephyr.pipeline.stages import STAGES, PipelineContext, StageSpec
 
@@ -149,6 +154,69 @@ def stage_command(spec: StageSpec, recipe: Path, processes: int) -> list[str]:
     return [sys.executable, *base]
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _child_setup() -> Callable[[], None]:
+    """The stage child's first act (a preexec_fn): its own process group, so the pipeline can stop the
+    stage and everything it started at once; and on Linux a parent-death signal, so even a SIGKILLed
+    pipeline takes its stage with it. SIGTERM, not SIGKILL: torchrun passes it on to its workers."""
+    parent = os.getpid()
+    # Looked up here, before the fork: the child should do as little as possible before exec.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+            if os.getppid() != parent:  # the pipeline died before the signal was armed
+                os._exit(1)
+
+    return setup
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """End the stage's process group: SIGTERM, then SIGKILL for whatever is still there after ``grace``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers: the stage's own children
+    proc.wait()
+
+
+def run_child(cmd: list[str]) -> int:
+    """Run a stage command in its own process group and return its exit status. SIGINT and SIGTERM sent
+    to the pipeline go to the whole group; once it exits (or the pipeline fails) nothing of it is left."""
+    proc = subprocess.Popen(cmd, preexec_fn=_child_setup())
+    received: list[int] = []
+
+    def forward(signum, frame) -> None:
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            # A second Ctrl-C means now.
+            os.killpg(proc.pid, signal.SIGKILL if len(received) > 1 else signum)
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread
+        handlers = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        returncode = proc.wait()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        _stop_group(proc)
+    if received:
+        if received[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning(
+            "Stopped by signal %d; the stage was stopped too and resumes on the next run", received[0]
+        )
+        raise SystemExit(128 + received[0])
+    return returncode
+
+
 def _resumable(stage: WiredStage) -> dict | None:
     """The settings to rerun an interrupted stage with, or None when what is there must be cleared."""
     record = read_stage_record(stage.stage_dir)
@@ -183,10 +251,10 @@ def run_stage(stage: WiredStage, processes: int) -> float:
     cmd = stage_command(stage.spec, recipe, processes)
     log.info("Stage %s: %s", stage.spec.name, " ".join(cmd))
     start = time.time()
-    proc = subprocess.run(cmd)
-    if proc.returncode != 0:
+    returncode = run_child(cmd)
+    if returncode != 0:
         raise ConfigError(
-            f"Stage `{stage.spec.name}` failed (exit code {proc.returncode}); fix the cause and rerun "
+            f"Stage `{stage.spec.name}` failed (exit code {returncode}); fix the cause and rerun "
             f"`zephyr run`: finished stages are kept and this one resumes"
         )
     seconds = time.time() - start
@@ -204,8 +272,6 @@ def run_pipeline(
     overrides: dict | None = None,
 ) -> dict:
     """Run (or with ``dry_run`` validate and plan) a pipeline recipe; returns a summary per stage."""
-    from zephyr.pipeline.validate import validate_stage
-
     plan = load_plan(recipe_path, overrides)
     chosen = select(plan, start, only)
     for spec, section in plan.stages:
@@ -215,6 +281,15 @@ def run_pipeline(
             if not dry_run:
                 raise ConfigError(message)
             log.warning("%s (set them before running)", message)
+    with contextlib.ExitStack() as stack:
+        if not dry_run:  # one pipeline per run_dir: a second one would run the same stages in the same dirs
+            stack.enter_context(output_lock(plan.run_dir, "zephyr run"))
+        return _run_stages(plan, chosen, dry_run)
+
+
+def _run_stages(plan: Plan, chosen: set[str], dry_run: bool) -> dict:
+    from zephyr.pipeline.validate import validate_stage
+
     summary = {}
     for stage in prepare(plan):
         record = read_stage_record(stage.stage_dir)

@@ -108,6 +108,8 @@ def _state_files(run_dir: Path) -> list[Path]:
     """Each output dir's trainer_state.json, or its latest checkpoint's when it has none of its own."""
     chosen: dict[Path, Path] = {}
     for path in sorted(run_dir.rglob("trainer_state.json")):
+        if any(part.startswith(".") for part in path.relative_to(run_dir).parts[:-1]):
+            continue  # staging dirs and checkpoints set aside as incomplete are not runs of their own
         if not path.parent.name.startswith("checkpoint-"):
             chosen[path.parent] = path
             continue

@@ -3,20 +3,49 @@
 Limits live in the field declarations, so an out-of-range value is rejected before it reaches the
 engine, with the field named in the error. Unknown fields are ignored, as OpenAI clients send
 options (``user``, ``logit_bias``...) that a local server may safely not implement.
+
+Every string a client sends is ``Text``: JSON may carry a lone surrogate (``"\\ud800"``) that Python
+accepts but no tokenizer or UTF-8 encoder does, so it is refused here (a 400) instead of failing deep
+in the engine (a 500). Integers are bounded too: a seed beyond int64 or a huge count is a 400.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from zephyr.generation.params import MAX_TOP_LOGPROBS, SamplingParams
 
 MAX_N = 16
 MAX_STOPS = 4
+# Stop strings are matched against every generated token; their total length bounds that work.
+MAX_STOP_CHARS = 400
+MAX_TOKENS = 2**31 - 1  # far beyond any context; only keeps absurd numbers out of the engine
+INT64 = 2**63
+
+
+def _utf8(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"not valid Unicode: a lone surrogate at character {exc.start}; send UTF-8 text"
+        ) from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
 
 
 class APIModel(BaseModel):
@@ -28,12 +57,12 @@ class APIModel(BaseModel):
 
 class TextPart(APIModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(APIModel):
     role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+    content: Text | list[TextPart]
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -46,21 +75,26 @@ class StreamOptions(APIModel):
 class SamplingRequest(APIModel):
     """The sampling fields shared by chat and text completions."""
 
-    model: str | None = None
+    model: Text | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     n: int = Field(1, ge=1, le=MAX_N)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-INT64, le=INT64 - 1)  # int64, as OpenAI and torch take it
+    stop: Text | list[Text] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
 
     @field_validator("stop")
     @classmethod
     def _few_stops(cls, stop):
-        if isinstance(stop, list) and len(stop) > MAX_STOPS:
-            raise ValueError(f"at most {MAX_STOPS} stop sequences are allowed, got {len(stop)}")
+        stops = [stop] if isinstance(stop, str) else (stop or [])
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences are allowed, got {len(stops)}")
+        if (total := sum(map(len, stops))) > MAX_STOP_CHARS:
+            raise ValueError(
+                f"the stop strings total {total} characters; at most {MAX_STOP_CHARS} are allowed"
+            )
         return stop
 
     def sampling_params(self) -> SamplingParams:
@@ -82,7 +116,7 @@ class SamplingRequest(APIModel):
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     # Newer OpenAI clients send this name instead of max_tokens.
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
@@ -107,7 +141,7 @@ class ChatCompletionRequest(SamplingRequest):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str] = Field(min_length=1)
+    prompt: Text | list[Text] = Field(min_length=1)
     logprobs: int | None = None  # the legacy per-token format: refused rather than silently ignored
 
     @field_validator("logprobs")
@@ -166,6 +200,26 @@ class TokenLogprobs(APIModel):
 
 class ChoiceLogprobs(APIModel):
     content: list[TokenLogprobs]
+
+    @classmethod
+    def of(cls, tokens, tokenizer) -> ChoiceLogprobs | None:
+        """OpenAI's entries for the engine's ``TokenLogprob`` list; a token is shown as its text."""
+        if tokens is None:
+            return None
+
+        def entry(token_id: int, logprob: float) -> dict:
+            t = tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
+            return {"token": t, "logprob": logprob, "bytes": list(t.encode("utf-8"))}
+
+        return cls(
+            content=[
+                TokenLogprobs(
+                    **entry(t.token_id, t.logprob),
+                    top_logprobs=[TopLogprob(**entry(i, lp)) for i, lp in t.top],
+                )
+                for t in tokens
+            ]
+        )
 
 
 class ChatChoice(APIModel):

@@ -15,7 +15,13 @@ from zephyr.train.collate import PairCollator
 from zephyr.train.config import DPOConfig
 from zephyr.train.dpo_data import tokenize_preferences
 from zephyr.train.reference import precompute_reference_logps
-from zephyr.train.setup import load_run_tokenizer, log_batch_geometry, maybe_add_lora, save_trained
+from zephyr.train.setup import (
+    load_run_tokenizer,
+    log_batch_geometry,
+    maybe_add_lora,
+    save_trained,
+    training_lock,
+)
 from zephyr.train.sft import TrainResult
 from zephyr.train.trainer import DPOTrainer
 
@@ -108,6 +114,11 @@ def dpo(
     model_args: ModelArguments, data_args: DataArguments, args: DPOConfig, recipe: dict | None = None
 ) -> TrainResult:
     """Align a model on preference pairs with DPO; save a ready-to-load checkpoint with a model card."""
+    with training_lock(args, "zephyr dpo"):  # the whole run: a second run on output_dir fails at once
+        return _dpo(model_args, data_args, args, recipe)
+
+
+def _dpo(model_args: ModelArguments, data_args: DataArguments, args: DPOConfig, recipe: dict | None):
     from transformers import set_seed
 
     set_seed(args.seed)

@@ -103,8 +103,10 @@ def tokenize_preferences(
     from datasets import Dataset
 
     rows, skipped, truncated = [], [], 0
+    prompts_by_id: dict = {}
     for i, row in enumerate(dataset):
         try:
+            _check_prompt_id(row, i, prompts_by_id)
             pair = tokenize_pair(tokenizer, row, max_length, max_prompt_length, empty_system, row_index=i)
         except DataError as err:
             err = DataError(
@@ -132,3 +134,19 @@ def tokenize_preferences(
     if not rows:
         raise DataError(f"no usable preference pairs left in the {split} split", source=split)
     return Dataset.from_list(rows), len(skipped), truncated
+
+
+def _check_prompt_id(row: dict, index: int, seen: dict) -> None:
+    """One prompt_id must mean one prompt: two different prompts under one id is mislabelled data (a
+    merge of sources, a bad hash), and every later step that keys on the id (splits, decontamination,
+    the reference cache) would mix them up."""
+    prompt_id = row.get("prompt_id")
+    if not prompt_id:
+        return
+    prompt = repr(row.get("prompt"))
+    first = seen.setdefault(prompt_id, (index, prompt))
+    if first[1] != prompt:
+        raise DataError(
+            f"shares prompt_id {prompt_id!r} with row {first[0]}, which has a different prompt",
+            field="prompt_id",
+        )

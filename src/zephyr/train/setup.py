@@ -1,12 +1,18 @@
-"""Pieces shared by the SFT and DPO entry points: adapters, start-up numbers, train-and-save."""
+"""Pieces shared by the SFT and DPO entry points: adapters, start-up numbers, the output lock, resume,
+train-and-save."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from zephyr.io import output_lock, write_atomic, write_json
 from zephyr.models import ModelArguments
 from zephyr.train.attention import restore_attention, use_packed_attention
+from zephyr.train.checkpoints import CheckpointError, checkpoint_problem, newest_checkpoint, save_final_model
 
 log = logging.getLogger(__name__)
 
@@ -86,41 +92,88 @@ def log_batch_geometry(
     )
 
 
-def _resume_arg(args):
-    """`resume_from_checkpoint: true` means the last checkpoint in output_dir, if there is one."""
+@contextmanager
+def training_lock(args, what: str) -> Iterator[None]:
+    """Hold output_dir's lock for a whole training run, so a second run on it fails at once. Under
+    torchrun the ranks of one run are one holder: process 0 takes it, and the others fall with it."""
+    if args.process_index != 0:
+        yield
+        return
+    with output_lock(args.output_dir, what):
+        yield
+
+
+def _resume_arg(args) -> str | None:
+    """The checkpoint to resume from: `resume_from_checkpoint: true` means the newest complete one in
+    output_dir, if any. Every run first clears what interrupted saves left there (process 0 tidies, the
+    others then only look), so no later run or checkpoint rotation mistakes it for a checkpoint."""
+    with args.main_process_first(local=False, desc="checking checkpoints"):
+        newest = newest_checkpoint(Path(args.output_dir), args.save_only_model, tidy=args.process_index == 0)
     value = args.resume_from_checkpoint
     if value in (True, "true", "True"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-        if last is None:
-            log.info("No checkpoint in %s to resume from; starting fresh", args.output_dir)
-        return last
+        if newest is None:
+            log.info("No complete checkpoint in %s to resume from; starting fresh", args.output_dir)
+            return None
+        log.info("Resuming from %s, the newest complete checkpoint", newest)
+        return str(newest)
+    if value and (problem := checkpoint_problem(Path(value), args.save_only_model)):
+        raise CheckpointError(f"{value}: cannot resume from this checkpoint: {problem}")
     return value or None
 
 
+def _steps_done(checkpoint: str | None) -> int:
+    if checkpoint is None:
+        return 0
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+
+
+def whole_run_loss(log_history: list[dict]) -> float | None:
+    """The mean training loss over every step, from the logged losses (each a mean since the last log)."""
+    total, steps, last = 0.0, 0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            total += entry["loss"] * (entry["step"] - last)
+            steps, last = steps + entry["step"] - last, entry["step"]
+    return total / steps if steps else None
+
+
 def save_trained(trainer, tokenizer, args, stage: str, model_args: ModelArguments, recipe: dict) -> dict:
-    """Train (resuming if asked), evaluate, and save model, tokenizer, metrics and model card."""
+    """Train (resuming if asked), evaluate, and save model, tokenizer, metrics and model card.
+
+    Each file reaches output_dir whole (``save_final_model``, ``write_json``) and the model card comes
+    last, so a run killed while saving resumes from its last checkpoint, trains nothing more and saves
+    again, ending with exactly the files (and weights) of an uninterrupted run."""
     from zephyr.train.trainer import write_model_card
 
+    resume = _resume_arg(args)
     previous = use_packed_attention(trainer.model) if getattr(args, "padding_free", False) else None
     try:
-        result = trainer.train(resume_from_checkpoint=_resume_arg(args))
+        result = trainer.train(resume_from_checkpoint=resume)
         metrics = dict(result.metrics)
+        if result.global_step == _steps_done(resume):
+            # Nothing trained in this call (the run had finished): Trainer's train_loss would read 0.
+            history = trainer.state.log_history
+            metrics.pop("train_loss", None)
+            if (loss := whole_run_loss(history)) is not None:
+                metrics["train_loss"] = loss
+                if history and "train_loss" in history[-1]:  # the summary Trainer just logged
+                    history[-1]["train_loss"] = loss
         if trainer.eval_dataset is not None and (args.do_eval or args.eval_strategy != "no"):
             metrics.update(trainer.evaluate())
     finally:
         if previous is not None:
             restore_attention(trainer.model, previous)
     trainer.log_metrics("train", metrics)
-    trainer.save_metrics("all", metrics)
-    trainer.save_state()  # trainer_state.json beside the model: the log history `zephyr report` plots
     trainer.model.config.use_cache = True
-    trainer.save_model(args.output_dir)
+    out = Path(args.output_dir)
+    save_final_model(trainer, tokenizer, out)
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(args.output_dir)
-        write_model_card(args.output_dir, stage, recipe, metrics, model_args.model_name_or_path)
-        log.info("Saved the %s model to %s", stage, args.output_dir)
+        write_json(out / "all_results.json", metrics)
+        # The log history beside the model: what `zephyr report` plots.
+        write_atomic(out / "trainer_state.json", lambda tmp: trainer.state.save_to_json(str(tmp)))
+        write_model_card(out, stage, recipe, metrics, model_args.model_name_or_path)
+        log.info("Saved the %s model to %s", stage, out)
+    trainer.accelerator.wait_for_everyone()
     if getattr(args, "push_to_hub", False):
         trainer.push_to_hub()
     return metrics

@@ -12,7 +12,13 @@ from zephyr.data.config import DataArguments
 from zephyr.models import ModelArguments, fit_embeddings_to_tokenizer, load_model
 from zephyr.train.collate import PackedCollator, PaddedCollator, pack_best_fit
 from zephyr.train.config import SFTConfig
-from zephyr.train.setup import load_run_tokenizer, log_batch_geometry, maybe_add_lora, save_trained
+from zephyr.train.setup import (
+    load_run_tokenizer,
+    log_batch_geometry,
+    maybe_add_lora,
+    save_trained,
+    training_lock,
+)
 from zephyr.train.trainer import SFTTrainer
 
 log = logging.getLogger(__name__)
@@ -102,6 +108,11 @@ def sft(
     model_args: ModelArguments, data_args: DataArguments, args: SFTConfig, recipe: dict | None = None
 ) -> TrainResult:
     """Fine-tune a model on conversations, training on assistant replies; save a ready-to-load checkpoint."""
+    with training_lock(args, "zephyr sft"):  # the whole run: a second run on output_dir fails at once
+        return _sft(model_args, data_args, args, recipe)
+
+
+def _sft(model_args: ModelArguments, data_args: DataArguments, args: SFTConfig, recipe: dict | None):
     from transformers import set_seed
 
     set_seed(args.seed)

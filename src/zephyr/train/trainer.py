@@ -1,8 +1,10 @@
 """The training loop: transformers.Trainer, with our loss, our batch layouts and extra metrics.
 
 Trainer keeps checkpointing, schedulers, mixed precision, distributed launch and logging; we
-override only how a batch becomes a loss (``batch_loss``), how eval computes it, and how extra
-metrics are averaged into the logs. SFT and DPO share this class and differ in ``batch_loss``.
+override only how a batch becomes a loss (``batch_loss``), how eval computes it, how extra
+metrics are averaged into the logs, how a checkpoint reaches the disk (whole or not at all, see
+``zephyr.train.checkpoints``) and that a run resumed at its last step trains no further.
+SFT and DPO share this class and differ in ``batch_loss``.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import SaveStrategy, rotate_checkpoints
 
 from zephyr.io import write_atomic
+from zephyr.train.checkpoints import PREFIX, pause_point, staged_checkpoint
 from zephyr.train.losses import dpo_loss, sequence_logps, sft_loss_sum
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,63 @@ class ZephyrTrainer(Trainer):
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
+
+    def _run_epoch(self, *args, **kwargs):
+        # Trainer would take one more optimizer step from a checkpoint saved at max_steps (it tests the
+        # limit only after a step), changing a finished model; a resumed finished run trains nothing.
+        if self.state.global_step >= self.state.max_steps > 0:
+            log.info(
+                "Step %d of %d is already done; nothing left to train",
+                self.state.global_step,
+                self.state.max_steps,
+            )
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint save, built in a staging dir and renamed to ``checkpoint-N`` when complete;
+        then Trainer's pushing and rotation, which therefore only ever see complete checkpoints."""
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        run_dir = Path(self._get_output_dir(trial=trial))
+        final = run_dir / f"{PREFIX}-{self.state.global_step}"
+        with staged_checkpoint(self, final) as staging:
+            self._write_checkpoint(str(staging), run_dir, final)
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(str(final))
+        if self.args.should_save:
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+
+    def _write_checkpoint(self, out: str, run_dir: Path, final: Path) -> None:
+        """Everything Trainer._save_checkpoint writes, into ``out``, in its order."""
+        self.save_model(out, _internal_call=True)
+        saves = self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST)
+        if saves and self.state.best_global_step:
+            best = run_dir / f"{PREFIX}-{self.state.best_global_step}"
+            if best == final or best.exists():  # this checkpoint is the best one, or an earlier one is
+                self.state.best_model_checkpoint = str(best)
+        if self.args.should_save:
+            pause_point("checkpoint", self.state.global_step)
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(out)
+            self._save_scaler(out)
+            self._save_rng_state(out)
+        if self.args.should_save:
+            for cb in [
+                c for c in self.callback_handler.callbacks + [self.control] if isinstance(c, ExportableState)
+            ]:
+                name, cb_state = cb.__class__.__name__, cb.state()
+                if isinstance(self.state.stateful_callbacks[name], list):
+                    self.state.stateful_callbacks[name].append(cb_state)
+                else:
+                    self.state.stateful_callbacks[name] = cb_state
+            self.state.save_to_json(str(Path(out) / "trainer_state.json"))
 
     def batch_loss(self, model, batch: dict) -> tuple[torch.Tensor, int, dict[str, float]]:
         raise NotImplementedError
