@@ -289,3 +289,20 @@ def test_pipeline_runs_eval_and_report_through_their_commands(tmp_path, tiny_mod
     page = Path(summary["report"]["outputs"]["html"])
     assert page.is_file() and "<html" in page.read_text().lower()
     assert run_pipeline(path)["eval"]["state"] == "skipped (up to date)"
+
+
+def test_pipeline_export_stage_writes_a_gguf_of_the_trained_model(tmp_path, tiny_model_dir):
+    """The export stage runs `zephyr export recipe.yaml` on the last trained model (here sft's)."""
+    path = _recipe(tmp_path, tiny_model_dir)
+    recipe = yaml.safe_load(path.read_text())
+    del recipe["dpo"]
+    recipe["export"] = {"format": "gguf", "outtype": "f16"}
+    path.write_text(yaml.safe_dump(recipe))
+    assert run_pipeline(path, dry_run=True)["export"]["state"] == "would run"
+    summary = run_pipeline(path)
+    assert summary["export"]["state"].startswith("ran")
+    out = Path(summary["export"]["outputs"]["export"])
+    assert (out / "model-f16.gguf").is_file() and (out / "Modelfile").is_file()
+    stage = yaml.safe_load((tmp_path / "run" / "export" / "recipe.yaml").read_text())
+    assert stage["model"] == summary["sft"]["outputs"]["model"]
+    assert run_pipeline(path)["export"]["state"] == "skipped (up to date)"

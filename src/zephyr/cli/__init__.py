@@ -55,7 +55,6 @@ COMMANDS = {
     "export": Command(
         "zephyr.cli.export",
         "Export a model: a merged plain checkpoint, or GGUF + Modelfile for llama.cpp.",
-        recipe=False,
     ),
 }
 

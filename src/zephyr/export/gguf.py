@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 from zephyr.errors import ConfigError, ModelError
+from zephyr.export.config import OUTTYPES
 from zephyr.export.gguf_tokenizer import gguf_vocab
 
 log = logging.getLogger(__name__)
 
-OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
 
 # HF parameter names (inside model.layers.N.) -> llama.cpp's (inside blk.N.), and for the rotary

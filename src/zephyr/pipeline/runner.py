@@ -1,7 +1,7 @@
 """`zephyr run RECIPE.yaml`: the whole recipe as one resumable sequence of stages.
 
 A pipeline recipe has a ``run_dir`` and one section per stage (generate, feedback, binarize, clean,
-sft, dpo, eval, report; any subset, in that order). Each section holds that stage's own recipe
+sft, dpo, eval, report, export; any subset, in that order). Each section holds that stage's own recipe
 keys; what a stage needs from an earlier one (its input data, its starting model) is filled in when
 the section leaves it out (``zephyr.pipeline.stages``). Every stage runs as its own subcommand,
 ``zephyr STAGE run_dir/STAGE/recipe.yaml``, so a stage of a pipeline and the same command run by hand

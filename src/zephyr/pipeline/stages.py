@@ -182,5 +182,13 @@ STAGES: dict[str, StageSpec] = {
             extra=lambda section, ctx: section.setdefault("run_dir", str(ctx.run_dir)),
             product_file="index.html",
         ),
+        StageSpec(
+            "export",
+            "output_dir",
+            "model",
+            "export",
+            inputs=(Input("model", ("dpo", "sft"), "model"),),
+            reads=("sft", "dpo"),
+        ),
     )
 }

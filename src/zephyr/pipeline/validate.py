@@ -144,6 +144,15 @@ def validate_report(settings: dict, produced: list[str]) -> None:
     _parse([ReportConfig], settings)
 
 
+def validate_export(settings: dict, produced: list[str]) -> None:
+    from zephyr.export.config import ExportConfig
+
+    _parse([ExportConfig], settings)
+    model = settings.get("model")
+    if isinstance(model, str) and model and not is_within(model, produced):
+        check_model_spec(model)
+
+
 VALIDATORS = {
     "generate": validate_generate,
     "feedback": validate_feedback,
@@ -153,6 +162,7 @@ VALIDATORS = {
     "dpo": validate_dpo,
     "eval": validate_eval,
     "report": validate_report,
+    "export": validate_export,
 }
 
 
