@@ -53,6 +53,16 @@ def sft_args(model_dir, data, out, *extra) -> list[str]:
     ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every run in this module on one thread, in this process and in the killed ones: bit-identical
+    weights need the same float summation order, and other test modules leave torch's count as they like."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def baseline(tiny_model_dir, tmp_path_factory):
     """One uninterrupted run: (data file, output dir, final weights)."""

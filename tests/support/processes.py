@@ -16,7 +16,10 @@ def start_paused(
     """`zephyr ARGS` stopped at ``pause_at``; returns the process and the PID of the one that paused
     (under `zephyr run`, the stage child). Its stderr goes to ``log``."""
     # The same thread count as the test process: float sums split over threads change the last bits.
-    env = dict(os.environ, ZEPHYR_TEST_PAUSE_AT=pause_at)
+    # (Read now, not at import: earlier tests may have changed it with torch.set_num_threads.)
+    import torch
+
+    env = dict(os.environ, ZEPHYR_TEST_PAUSE_AT=pause_at, OMP_NUM_THREADS=str(torch.get_num_threads()))
     with open(log, "wb") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "zephyr.cli", *args], env=env, stderr=stderr)
     marker = f"paused at {pause_at} (pid "
