@@ -35,18 +35,13 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 
 
-def cache_dir() -> Path:
-    """zephyr's cache (converted models, reference log-probs): ``$ZEPHYR_CACHE``, else ~/.cache/zephyr."""
+def cache_dir() -> Path:  # converted models, reference log-probs: $ZEPHYR_CACHE, else ~/.cache/zephyr
     return Path(os.environ.get("ZEPHYR_CACHE") or Path.home() / ".cache" / "zephyr").expanduser()
 
 
-def safe_name(name: str) -> str:
-    """A model or judge name usable as a file name (`org/model` -> `org_model`)."""
+def safe_name(name: str) -> str:  # a model or judge name as a file name: `org/model` -> `org_model`
     cleaned = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name.strip())
     return cleaned.strip(".") or "model"
-
-
-# ---- whole files and directories -------------------------------------------------------------------
 
 
 def write_atomic(path: PathLike, data: str | bytes | Callable[[Path], None]) -> None:
@@ -109,7 +104,7 @@ def write_dir_atomic(target: PathLike, build: Callable[[Path], None]) -> Path:
     built = staging_dir(target)
     try:
         build(built)
-        _fsync_tree(built)
+        fsync_tree(built)
         replace_dir(built, target)
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)
@@ -117,17 +112,18 @@ def write_dir_atomic(target: PathLike, build: Callable[[Path], None]) -> Path:
     return target
 
 
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+def fsync_paths(*paths: Path) -> None:
+    """Flush files and directories to disk (a directory's fsync makes the renames into it durable)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-# ---- reading ---------------------------------------------------------------------------------------
+def fsync_tree(root: Path) -> None:  # every file and directory below root, and root
+    fsync_paths(*root.rglob("*"), root)
 
 
 def read_json(path: PathLike) -> Any:
@@ -187,9 +183,6 @@ def read_jsonl(
             if bad_lines == "raise":
                 raise row
         yield loc, row
-
-
-# ---- appending -------------------------------------------------------------------------------------
 
 
 def drop_torn_tail(path: Path) -> None:
@@ -342,8 +335,8 @@ class EventLog:
 # ---- output locks ----------------------------------------------------------------------------------
 
 
-class OutputLocked(ZephyrError):
-    """Another live process is writing the same output."""
+class OutputLocked(ZephyrError):  # another live process is writing the same output
+    pass
 
 
 def lock_path(target: PathLike) -> Path:

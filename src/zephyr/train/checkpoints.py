@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from zephyr.errors import ZephyrError
-from zephyr.io import replace_dir
+from zephyr.io import fsync_paths, fsync_tree, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -164,20 +164,6 @@ def newest_checkpoint(output_dir: Path, save_only_model: bool = False, tidy: boo
 # ---- writing --------------------------------------------------------------------------------------
 
 
-def _fsync(*paths: Path) -> None:
-    """Flush files and directories (a directory's fsync makes the renames into it durable)."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    _fsync(*root.rglob("*"), root)
-
-
 def _failed(what: Path, exc: OSError) -> CheckpointError:
     return CheckpointError(
         f"{what}: saving failed ({exc.strerror or exc}); nothing half-written was kept, and the earlier "
@@ -198,9 +184,9 @@ def staged_checkpoint(trainer, final: Path):
         yield staging
         trainer.accelerator.wait_for_everyone()  # every process's RNG state (and shards) are in
         if main:
-            _fsync_tree(staging)
+            fsync_tree(staging)
             replace_dir(staging, final)
-            _fsync(final.parent)
+            fsync_paths(final.parent)
     except OSError as exc:
         if main:
             shutil.rmtree(staging, ignore_errors=True)
@@ -222,7 +208,7 @@ def save_final_model(trainer, tokenizer, output_dir: Path) -> None:
         if main:
             tokenizer.save_pretrained(staging)
             pause_point("final-save")
-            _fsync_tree(staging)
+            fsync_tree(staging)
             for item in sorted(staging.iterdir()):
                 target = output_dir / item.name
                 if item.is_dir():
@@ -230,7 +216,7 @@ def save_final_model(trainer, tokenizer, output_dir: Path) -> None:
                 else:
                     os.replace(item, target)
             staging.rmdir()
-            _fsync(output_dir)
+            fsync_paths(output_dir)
             pause_point("final-move")
     except OSError as exc:
         if main:
