@@ -33,6 +33,8 @@ from zephyr.errors import DataError, ZephyrError
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
+_UMASK = os.umask(0o022)  # read once, at import (reading it means setting it), and put back at once
+os.umask(_UMASK)
 
 
 def cache_dir() -> Path:  # converted models, reference log-probs: $ZEPHYR_CACHE, else ~/.cache/zephyr
@@ -50,6 +52,7 @@ def write_atomic(path: PathLike, data: str | bytes | Callable[[Path], None]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would; mkstemp's 0600 hides outputs from other users
         if callable(data):
             os.close(fd)
             data(Path(tmp))
@@ -103,6 +106,7 @@ def write_dir_atomic(target: PathLike, build: Callable[[Path], None]) -> Path:
     target = Path(target)
     built = staging_dir(target)
     try:
+        os.chmod(built, 0o777 & ~_UMASK)  # what mkdir() would give, not mkdtemp's 0700
         build(built)
         fsync_tree(built)
         replace_dir(built, target)
