@@ -109,25 +109,13 @@ def make_model(root: Path, embedded: bool) -> str:
     embedded_dir = resolve_model("smollm2-135m-instruct")
     if embedded:
         return embedded_dir
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support.models import make_tiny_model  # the tests' own tiny model: the same runs they check
 
     out = root / "tiny-llama"
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    LlamaForCausalLM(config).float().save_pretrained(out)
+    make_tiny_model().save_pretrained(out)
     AutoTokenizer.from_pretrained(embedded_dir).save_pretrained(out)
     return str(out)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from support.models import make_tiny_model
+
 SPM_CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Hello there, how are you today? I am fine, thank you.",
@@ -19,24 +21,8 @@ SPM_CORPUS = [
 
 def make_llama(vocab_size: int, hidden: int = 64, *, tie: bool = True, seed: int = 0, **overrides):
     """A random fp32 Llama with ``vocab_size`` embedding rows (2 layers, 4 query and 2 KV heads)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    settings = dict(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=tie,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    settings.update(overrides)
-    model = LlamaForCausalLM(LlamaConfig(**settings)).float()
+    overrides = {"max_position_embeddings": 1024, **overrides}
+    model = make_tiny_model(seed, hidden=hidden, vocab_size=vocab_size, tie_word_embeddings=tie, **overrides)
     with torch.no_grad():  # norms start at exactly 1; perturb them so a misplaced norm shows up
         for name, param in model.named_parameters():
             if "norm" in name:

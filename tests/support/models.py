@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 
-def make_tiny_model(seed: int = 0, layers: int = 2, hidden: int = 64):
-    """A randomly initialised Llama with the embedded tokenizer's vocabulary, in fp32."""
+def make_tiny_model(seed: int = 0, layers: int = 2, hidden: int = 64, **overrides):
+    """A randomly initialised Llama with the embedded tokenizer's vocabulary, in fp32; ``overrides`` are
+    LlamaConfig keys (another vocabulary size, context length, untied embeddings, ...)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    settings = dict(
         vocab_size=49152,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -23,7 +24,7 @@ def make_tiny_model(seed: int = 0, layers: int = 2, hidden: int = 64):
         eos_token_id=2,
         pad_token_id=0,
     )
-    return LlamaForCausalLM(config).float()
+    return LlamaForCausalLM(LlamaConfig(**(settings | overrides))).float()
 
 
 def enable_checkpointing(model, reentrant: bool) -> list[int]:

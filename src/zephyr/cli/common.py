@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from zephyr.config import help_text, parse_config
 
@@ -15,6 +16,11 @@ def describe(classes: Sequence[type], example: str, note: str = "") -> str:
     if note:
         text += f" {note}"
     return f"{text}\nExample: {example}\n\nRecipe keys:{help_text(classes)}"
+
+
+def is_recipe_file(arg: str | None) -> bool:
+    """True when a positional argument names an existing YAML recipe (not a model or run directory)."""
+    return bool(arg) and Path(arg).suffix in (".yaml", ".yml") and Path(arg).is_file()
 
 
 def add_recipe_argument(parser) -> None:

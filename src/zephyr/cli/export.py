@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from zephyr.cli.common import describe
+from zephyr.cli.common import describe, is_recipe_file
 from zephyr.export.config import OUTTYPES, ExportConfig
 
 DESCRIPTION = describe(
@@ -36,7 +34,7 @@ def settings_of(args, extra) -> ExportConfig:
     """The flags and `--key=value` overrides over a recipe file (when MODEL names one) as one config."""
     from zephyr.config import parse_config, parse_overrides
 
-    is_recipe = Path(args.model).suffix in (".yaml", ".yml") and Path(args.model).is_file()
+    is_recipe = is_recipe_file(args.model)
     given = {
         "output_dir": args.output,
         "format": args.format,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from zephyr.cli.common import describe
+from zephyr.cli.common import describe, is_recipe_file
 from zephyr.config import parse_config, parse_overrides
 from zephyr.report.config import ReportConfig
 
@@ -21,9 +19,7 @@ def run(args, extra) -> int:
     from zephyr.report import report
 
     target, overrides = args.recipe, parse_overrides(extra)
-    recipe = (
-        target if target and Path(target).suffix in (".yaml", ".yml") and Path(target).is_file() else None
-    )
+    recipe = target if is_recipe_file(target) else None
     if target and recipe is None:
         overrides.setdefault("run_dir", target)
     (cfg,) = parse_config([ReportConfig], recipe, overrides)

@@ -18,6 +18,13 @@ from zephyr.io import read_jsonl
 log = logging.getLogger(__name__)
 
 
+def _reference_turns(q: Question, references: dict | None) -> list[str] | None:
+    """The reference answer's turns for a question graded against one (math, reasoning, coding)."""
+    if references is None or not q.needs_reference:
+        return None
+    return answer_turns(references[q.question_id])
+
+
 def single_tasks(
     questions: Sequence[Question],
     answers: dict[str, dict],
@@ -29,11 +36,7 @@ def single_tasks(
     tasks = []
     for model, model_answers in answers.items():
         for q in questions:
-            ref = (
-                answer_turns(references[q.question_id])
-                if references is not None and q.needs_reference
-                else None
-            )
+            ref = _reference_turns(q, references)
             for turn in (1, 2) if len(q.turns) == 2 else (1,):
                 prompt = prompts.pick("single", ref is not None, turn == 2)
                 key = (q.question_id, model, judge, prompt.name, turn)
@@ -99,11 +102,7 @@ def pair_tasks(
     tasks = []
     for m1, m2 in pairs:
         for q in questions:
-            ref = (
-                answer_turns(references[q.question_id])
-                if references is not None and q.needs_reference
-                else None
-            )
+            ref = _reference_turns(q, references)
             for turn in (1, 2) if len(q.turns) == 2 else (1,):
                 prompt = prompts.pick("pairwise", ref is not None, turn == 2)
                 key = (q.question_id, m1, m2, judge, prompt.name, turn)
