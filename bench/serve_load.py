@@ -183,14 +183,17 @@ def peer_command(args, port: int) -> list[str]:
     ]
 
 
-def start_server(args, log_file, command=zephyr_command) -> tuple[subprocess.Popen, str]:
+def start_server(
+    args, log_file, command=zephyr_command, health: str = "/health"
+) -> tuple[subprocess.Popen, str]:
+    """Start a server from ``command(args, port)`` and wait until ``health`` answers."""
     port = free_port()
     proc = subprocess.Popen(command(args, port), stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + args.startup_timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
+            with urllib.request.urlopen(url + health, timeout=2):
                 return proc, url
         except OSError:
             time.sleep(0.5)
