@@ -194,6 +194,26 @@ def test_lora_adapter_is_merged_first(tiny_model_dir, tmp_path):
     assert max((g - w).abs().max().item() for g, w in zip(got, want, strict=True)) <= 1e-4
 
 
+def test_bf16_checkpoint_is_loaded_in_bf16_and_exported_exactly(tokenizer_dir, tmp_path, monkeypatch):
+    """A full model is not widened to f32 in memory (a 7B bf16 model would take 28 GB); each tensor is,
+    as it is written, so an f32 export holds exactly the bf16 weights."""
+    import zephyr.export.merge as merge
+
+    source = save_checkpoint(make_llama(49152).to(torch.bfloat16), tokenizer_dir, tmp_path / "bf16")
+    loaded_dtypes = []
+    original = merge._load_base
+    monkeypatch.setattr(
+        merge, "_load_base", lambda spec, dtype: loaded_dtypes.append(dtype) or original(spec, dtype)
+    )
+    back = load_back(export(source, tmp_path / "gguf"))
+    assert loaded_dtypes == ["auto"]
+    from transformers import AutoModelForCausalLM
+
+    want = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).state_dict()
+    for name, tensor in back.state_dict().items():
+        assert torch.equal(tensor, want[name].float()), name
+
+
 def test_a_run_stage_directory_exports_its_model(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, tmp_path / "run" / "dpo" / "model")
     result = export(tmp_path / "run" / "dpo", tmp_path / "gguf", "f16")

@@ -58,8 +58,12 @@ def export_gguf(
         return result
     check_outtype(outtype)
     check_output(output, overwrite)
-    # Weights in f32: the quantizers work from f32, and a bf16 checkpoint converts to f32 exactly.
-    loaded, tokenizer, _ = load_for_export(model, base=base, chat_template=chat_template, dtype="fp32")
+    # A full model stays in its stored dtype (a 7B bf16 checkpoint takes 14 GB, not 28) and each tensor
+    # goes to f32 on its own as it is written, exactly. A LoRA merge runs in f32, so W + BA is not rounded
+    # to the base's dtype before the export rounds it again.
+    loaded, tokenizer, _ = load_for_export(
+        model, base=base, chat_template=chat_template, dtype="auto", merge_dtype="fp32"
+    )
     check_architecture(loaded)
     # The Modelfile is decided before any writing, so an untranslatable template costs nothing.
     context = loaded.config.max_position_embeddings

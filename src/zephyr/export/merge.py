@@ -58,15 +58,23 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise ConfigError(f"`--output` {output} exists and is not empty; pass --overwrite to replace it")
 
 
-def load_for_export(model: str, *, base: str | None = None, chat_template: str | None = None, dtype="auto"):
+def load_for_export(
+    model: str,
+    *,
+    base: str | None = None,
+    chat_template: str | None = None,
+    dtype="auto",
+    merge_dtype: str | None = None,
+):
     """``(model, tokenizer, adapter_dir)``: the model ready to leave zephyr, a LoRA adapter merged into its
-    base (``adapter_dir`` is None for a full model). ``model`` may also be a run's stage directory."""
+    base (``adapter_dir`` is None for a full model). ``model`` may also be a run's stage directory.
+    ``merge_dtype``, when given, replaces ``dtype`` for a base that an adapter is merged into."""
     from zephyr.models import fit_embeddings_to_tokenizer, load_tokenizer
 
     model = stage_model(model)
     adapter, base_spec = _adapter_and_base(model, base)
     tokenizer = load_tokenizer(model if _has_tokenizer(adapter) else base_spec, chat_template)
-    merged = _load_base(base_spec, dtype)
+    merged = _load_base(base_spec, merge_dtype if adapter is not None and merge_dtype else dtype)
     # An adapter trained after the tokenizer gained a pad token expects the grown embedding matrix.
     fit_embeddings_to_tokenizer(merged, tokenizer)
     if adapter is not None:
