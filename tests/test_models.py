@@ -279,6 +279,18 @@ def test_torch_dtype_mapping(name, dtype):
     assert torch_dtype(name) == dtype
 
 
+@pytest.mark.parametrize(
+    ("cuda", "bf16", "want"), [(False, False, "auto"), (True, False, "auto"), (True, True, torch.bfloat16)]
+)
+def test_auto_dtype_is_bf16_on_a_gpu_that_has_it(monkeypatch, cuda, bf16, want):
+    from zephyr.models import load_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert load_dtype("auto") == want
+    assert load_dtype("fp32") == torch.float32  # an explicit dtype always wins
+
+
 @pytest.mark.parametrize("bad", ["int8", "bfloat", "float64", "half-ish"])
 def test_torch_dtype_unknown_is_model_error(bad):
     with pytest.raises(ModelError, match="torch_dtype") as info:

@@ -7,21 +7,40 @@ attends causally to itself and, optionally, in full to a *prefix* range earlier 
 - DPO prefix sharing: [prompt+chosen] is one causal block, and [rejected] is a block whose prefix is
   the prompt, so the prompt is run once and the rejected tokens never see the chosen ones.
 
-Running each block through SDPA separately costs sum(len_i^2) attention work instead of the
-(sum len_i)^2 of one dense masked call, and never materialises a row-sized mask. Blocks travel as
-a model-forward keyword argument (``zephyr_blocks``) that transformers passes down to attention.
+Blocks travel as a model-forward keyword argument (``zephyr_blocks``) that transformers passes down
+to attention. Three kernels read them (``KERNELS``; ``choose_kernel`` picks one per run):
+
+- ``sdpa_blocks``: one SDPA call per block, sum(len_i^2) work, no row-sized mask. Portable (CPU, any
+  GPU), but on a GPU it is one small launch per block per layer;
+- ``flex``: the whole row in one ``flex_attention`` call, with a block mask built once per batch from
+  the layout and reused by every layer (compiled on CUDA; PyTorch has no flex backward on CPU);
+- ``flash_varlen``: FlashAttention's varlen kernel over ``cu_seqlens``, for layouts without prefixes
+  (SFT packing); a prefix-shared batch goes through ``flex`` instead.
+
+Every kernel honours a sliding window (Mistral): a query sees only keys fewer than ``window``
+positions behind it, positions counted as the model sees them (a rejected completion's position ids
+continue from its prompt).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from zephyr.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
 ATTN_NAME = "zephyr_packed"
+# kernel -> its attention implementation name in transformers ("flash" stays out of the names:
+# transformers treats any implementation named like that as one of its own FlashAttention builds)
+KERNELS = {"sdpa_blocks": ATTN_NAME, "flex": "zephyr_packed_flex", "flash_varlen": "zephyr_packed_varlen"}
+KERNEL_CHOICES = ("auto", *KERNELS)
 
 
 class Block(NamedTuple):
@@ -39,6 +58,9 @@ class BlockLayout:
     to the model untouched instead of trying to move its numbers to a device."""
 
     blocks: tuple[Block, ...]
+    # Per-batch masks built by the kernels, keyed by (kernel, row length, window, device): every layer
+    # of a forward (and the recomputation under activation checkpointing) reuses the first one.
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __iter__(self):
         return iter(self.blocks)
@@ -46,12 +68,45 @@ class BlockLayout:
     def __len__(self) -> int:
         return len(self.blocks)
 
+    @property
+    def has_prefixes(self) -> bool:
+        return any(b.prefix_end > b.prefix_start for b in self.blocks)
 
-def _block_mask(n_query: int, n_prefix: int, device) -> torch.Tensor:
-    """(n_query, n_prefix + n_query) boolean mask: prefix fully visible, the block itself causal."""
-    causal = torch.ones(n_query, n_query, dtype=torch.bool, device=device).tril()
-    prefix = torch.ones(n_query, n_prefix, dtype=torch.bool, device=device)
-    return torch.cat([prefix, causal], dim=1)
+    def row_tensors(self, length: int, device) -> dict[str, torch.Tensor]:
+        """Per-position tensors of the row: the block each position belongs to, that block's prefix range,
+        and the position id the model gives it (a block's prefix counts as the positions before it)."""
+        block_of = torch.full((length,), -1, dtype=torch.long)
+        position = torch.zeros(length, dtype=torch.long)
+        for i, b in enumerate(self.blocks):
+            block_of[b.start : b.end] = i
+            position[b.start : b.end] = torch.arange(b.end - b.start) + (b.prefix_end - b.prefix_start)
+        if bool((block_of < 0).any()):
+            raise ValueError(f"the blocks do not cover the packed row of {length} positions")
+        prefix_start = torch.tensor([b.prefix_start for b in self.blocks], dtype=torch.long)
+        prefix_end = torch.tensor([b.prefix_end for b in self.blocks], dtype=torch.long)
+        out = {
+            "block_of": block_of,
+            "position": position,
+            "prefix_start": prefix_start,
+            "prefix_end": prefix_end,
+        }
+        return {k: v.to(device) for k, v in out.items()}
+
+
+def _block_mask(n_query: int, n_prefix: int, device, window: int | None = None) -> torch.Tensor:
+    """(n_query, n_prefix + n_query) boolean mask: prefix fully visible, the block itself causal, and with a
+    sliding window no key ``window`` or more positions behind its query."""
+    q_pos = torch.arange(n_prefix, n_prefix + n_query, device=device)
+    kv_pos = torch.arange(n_prefix + n_query, device=device)
+    mask = kv_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        mask &= (q_pos[:, None] - kv_pos[None, :]) < window
+    return mask
+
+
+def _window(sliding_window) -> int | None:
+    """The window a layer attends within, or None for full attention."""
+    return int(sliding_window) if sliding_window else None
 
 
 def packed_attention_forward(
@@ -63,33 +118,207 @@ def packed_attention_forward(
     dropout: float = 0.0,
     scaling: float | None = None,
     zephyr_blocks: Iterable[Block] | None = None,
+    sliding_window: int | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
+    """The ``sdpa_blocks`` kernel: one SDPA call per block."""
     if zephyr_blocks is None:  # not a packed batch (e.g. generation): plain SDPA semantics
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    if query.shape[0] != 1:
-        raise ValueError("packed attention expects a single packed row (batch size 1)")
+        return _plain_sdpa(
+            module, query, key, value, attention_mask, dropout, scaling, sliding_window, kwargs
+        )
+    _check_single_row(query)
     gqa = query.shape[1] != key.shape[1]
+    window = _window(sliding_window)
     out = torch.empty_like(query)
     for b in zephyr_blocks:
         q = query[:, :, b.start : b.end]
         k = key[:, :, b.start : b.end]
         v = value[:, :, b.start : b.end]
-        if b.prefix_end > b.prefix_start:
+        n_prefix = b.prefix_end - b.prefix_start
+        if n_prefix:
             k = torch.cat([key[:, :, b.prefix_start : b.prefix_end], k], dim=2)
             v = torch.cat([value[:, :, b.prefix_start : b.prefix_end], v], dim=2)
-            mask = _block_mask(b.end - b.start, b.prefix_end - b.prefix_start, query.device)
+        if n_prefix or (window is not None and b.end - b.start > window):
+            mask = _block_mask(b.end - b.start, n_prefix, query.device, window)
             o = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa
             )
-        else:
+        else:  # the window, if any, covers the whole block: plain causal attention
             o = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=dropout, scale=scaling, enable_gqa=gqa
             )
         out[:, :, b.start : b.end] = o
     return out.transpose(1, 2).contiguous(), None
+
+
+def _plain_sdpa(module, query, key, value, attention_mask, dropout, scaling, sliding_window, kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if sliding_window is not None:
+        kwargs["sliding_window"] = sliding_window
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+
+
+def _check_single_row(query: torch.Tensor) -> None:
+    if query.shape[0] != 1:
+        raise ValueError("packed attention expects a single packed row (batch size 1)")
+
+
+# --- flex attention ---------------------------------------------------------------------------------
+
+_compiled_flex = None
+
+
+def _flex_function(device: torch.device):
+    """flex_attention, compiled once on CUDA (eager flex materialises every score; compiled, it is one
+    fused kernel); eager elsewhere, where it only ever runs without gradients."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device.type != "cuda":
+        return _eager_flex
+    if _compiled_flex is None:
+        # Packed rows change length every batch: compile for dynamic shapes once, not per length.
+        _compiled_flex = torch.compile(flex_attention, dynamic=True)
+    return _compiled_flex
+
+
+def _eager_flex(*args, **kwargs):
+    """Uncompiled flex attention, without its warning: off CUDA it only scores (no gradients), where
+    materialising the scores of one packed row is acceptable."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return flex_attention(*args, **kwargs)
+
+
+def flex_block_mask(layout: BlockLayout, length: int, window: int | None, device: torch.device):
+    """The flex ``BlockMask`` of a layout: a query sees its own block causally and its block's prefix,
+    within the window. Built once per batch and cached on the layout for every layer."""
+    key = ("flex", length, window, str(device))
+    if key in layout.cache:
+        return layout.cache[key]
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    t = layout.row_tensors(length, device)
+    block_of, position, prefix_start, prefix_end = (
+        t["block_of"],
+        t["position"],
+        t["prefix_start"],
+        t["prefix_end"],
+    )
+
+    def visible(batch, head, q, kv):
+        own = (block_of[q] == block_of[kv]) & (kv <= q)
+        prefix = (kv >= prefix_start[block_of[q]]) & (kv < prefix_end[block_of[q]])
+        allowed = own | prefix
+        if window is not None:
+            allowed = allowed & (position[q] - position[kv] < window)
+        return allowed
+
+    mask = create_block_mask(
+        visible, None, None, length, length, device=device, _compile=device.type == "cuda"
+    )
+    layout.cache[key] = mask
+    return mask
+
+
+def flex_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # (1, heads, L, d)
+    key: torch.Tensor,  # (1, kv_heads, L, d)
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    zephyr_blocks: BlockLayout | None = None,
+    sliding_window: int | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """The ``flex`` kernel: the whole packed row in one flex_attention call."""
+    if zephyr_blocks is None:
+        return _plain_sdpa(
+            module, query, key, value, attention_mask, dropout, scaling, sliding_window, kwargs
+        )
+    _check_single_row(query)
+    if dropout:
+        raise ConfigError(
+            "the `flex` attention kernel has no attention dropout; use `sdpa_blocks` or set it to 0"
+        )
+    mask = flex_block_mask(zephyr_blocks, query.shape[2], _window(sliding_window), query.device)
+    flex = _flex_function(query.device)
+    out = flex(query, key, value, block_mask=mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+# --- FlashAttention varlen ----------------------------------------------------------------------------
+
+
+def cu_seqlens(layout: BlockLayout, device) -> tuple[torch.Tensor, int]:
+    """FlashAttention's cumulative sequence starts (int32, blocks + 1 entries) and the longest block."""
+    key = ("cu_seqlens", str(device))
+    if key not in layout.cache:
+        starts = [b.start for b in layout.blocks] + [layout.blocks[-1].end]
+        longest = max(b.end - b.start for b in layout.blocks)
+        layout.cache[key] = (torch.tensor(starts, dtype=torch.int32, device=device), longest)
+    return layout.cache[key]
+
+
+def flash_varlen_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # (1, heads, L, d)
+    key: torch.Tensor,  # (1, kv_heads, L, d)
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    zephyr_blocks: BlockLayout | None = None,
+    sliding_window: int | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """The ``flash_varlen`` kernel: FlashAttention over the blocks as variable-length sequences. It cannot
+    express a prefix, so prefix-shared batches take the ``flex`` kernel."""
+    if zephyr_blocks is None:
+        return _plain_sdpa(
+            module, query, key, value, attention_mask, dropout, scaling, sliding_window, kwargs
+        )
+    if zephyr_blocks.has_prefixes:
+        return flex_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout,
+            scaling,
+            zephyr_blocks,
+            sliding_window,
+            **kwargs,
+        )
+    _check_single_row(query)
+    from flash_attn import flash_attn_varlen_func
+
+    window = _window(sliding_window)
+    starts, longest = cu_seqlens(zephyr_blocks, query.device)
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (L, heads, d): FlashAttention's layout
+    out = flash_attn_varlen_func(
+        q,
+        k,
+        v,
+        starts,
+        starts,
+        longest,
+        longest,
+        dropout_p=dropout,
+        softmax_scale=scaling,
+        causal=True,
+        # FlashAttention's left window counts the keys before the query: `window - 1` of them.
+        window_size=(window - 1, 0) if window is not None else (-1, -1),
+    )
+    return out.unsqueeze(0), None  # (1, L, heads, d)
 
 
 def packed_attention_mask(
@@ -104,35 +333,82 @@ def packed_attention_mask(
     from transformers.masking_utils import sdpa_mask
 
     unpadded = attention_mask is None or bool(attention_mask[:, -kv_length:].all())
-    if unpadded and (q_length == 1 or q_length == kv_length):
+    # A sliding window (``local_size``) shorter than the keys needs a real mask outside packed rows.
+    window_fits = kwargs.get("local_size") is None or kv_length <= kwargs["local_size"]
+    if unpadded and window_fits and (q_length == 1 or q_length == kv_length):
         return None  # blocks, or SDPA's own is_causal, cover it
     return sdpa_mask(q_length=q_length, kv_length=kv_length, attention_mask=attention_mask, **kwargs)
 
 
-def register() -> str:
-    """Register the implementation with transformers (idempotent) and return its name."""
+FORWARDS = {
+    "sdpa_blocks": packed_attention_forward,
+    "flex": flex_attention_forward,
+    "flash_varlen": flash_varlen_forward,
+}
+
+
+def register(kernel: str = "sdpa_blocks") -> str:
+    """Register a kernel with transformers (idempotent) and return its implementation name."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
-    AttentionInterface.register(ATTN_NAME, packed_attention_forward)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_NAME, packed_attention_mask)
-    return ATTN_NAME
+    name = KERNELS[kernel]
+    AttentionInterface.register(name, FORWARDS[kernel])
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, packed_attention_mask)
+    return name
 
 
-def use_packed_attention(model) -> str | None:
-    """Switch a model to packed attention; return the previous implementation to restore later.
+def flash_attn_installed() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    Models already on a FlashAttention/flex kernel keep it only if they can read blocks; since ours
-    works everywhere SDPA does, we always switch and restore before saving.
+
+def choose_kernel(requested: str, device: torch.device | str, training: bool = True) -> str:
+    """The packed-attention kernel for a run: ``requested`` (a recipe's ``attention_kernel``) checked against
+    the device and what is installed, ``auto`` resolved (CUDA: FlashAttention varlen where installed, else
+    flex; elsewhere the per-block SDPA loop)."""
+    device = torch.device(device)
+    if requested not in KERNEL_CHOICES:
+        raise ConfigError(f"`attention_kernel` must be one of {', '.join(KERNEL_CHOICES)}; got {requested!r}")
+    if requested == "auto":
+        if device.type != "cuda":
+            return "sdpa_blocks"
+        return "flash_varlen" if flash_attn_installed() else "flex"
+    if requested == "flex" and training and device.type != "cuda":
+        raise ConfigError(
+            f"`attention_kernel: flex` cannot train on {device.type}: PyTorch's flex attention has a backward "
+            "pass on CUDA only; use `auto` or `sdpa_blocks` here"
+        )
+    if requested == "flash_varlen":
+        if device.type != "cuda":
+            raise ConfigError(
+                f"`attention_kernel: flash_varlen` needs a CUDA device; this run is on {device.type}"
+            )
+        if not flash_attn_installed():
+            raise ConfigError(
+                "`attention_kernel: flash_varlen` needs the flash-attn package (`pip install flash-attn "
+                "--no-build-isolation`); `flex` needs nothing extra"
+            )
+    return requested
+
+
+def use_packed_attention(model, kernel: str = "sdpa_blocks") -> str | None:
+    """Switch a model to a packed-attention kernel; return the previous implementation to restore later.
+
+    Models already on a FlashAttention/flex kernel of transformers cannot read blocks, so we always
+    switch and restore before saving.
     """
-    register()
+    name = register(kernel)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     previous = base.config._attn_implementation
-    base.set_attn_implementation(ATTN_NAME)
+    base.set_attn_implementation(name)
     return previous
 
 
 def restore_attention(model, previous: str | None) -> None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if previous and previous != ATTN_NAME:
+    if previous and previous not in KERNELS.values():
         base.set_attn_implementation(previous)
