@@ -21,7 +21,8 @@ from zephyr.errors import DataError
 from zephyr.train.attention import ATTN_NAME, restore_attention, use_packed_attention
 from zephyr.train.collate import PairCollator
 from zephyr.train.dpo_data import tokenize_pair, tokenize_preferences
-from zephyr.train.losses import DPO_LOSSES, dpo_loss, sequence_logps
+from zephyr.train.logps import sequence_logps
+from zephyr.train.losses import DPO_LOSSES, dpo_loss
 
 LN2 = math.log(2)
 DEMO = "zephyr:demo_prefs"
@@ -289,7 +290,23 @@ LENGTHS = [4, 6, 5, 3, 2, 7]
 )
 def test_loss_matches_hand_computation(loss_type, eps):
     beta = 0.5
-    assert set(DPO_LOSSES) == {"sigmoid", "robust", "ipo", "hinge"}
+    assert set(DPO_LOSSES) == {
+        "sigmoid",
+        "hinge",
+        "ipo",
+        "exo_pair",
+        "nca_pair",
+        "robust",
+        "bco_pair",
+        "sppo_hard",
+        "aot",
+        "aot_unpaired",
+        "apo_zero",
+        "apo_down",
+        "discopop",
+        "sft",
+        "sigmoid_norm",
+    }
     losses, _ = dpo_loss(
         loss_type, _fake_policy(POLICY, LENGTHS), torch.tensor(REF), beta, label_smoothing=eps
     )
@@ -297,8 +314,8 @@ def test_loss_matches_hand_computation(loss_type, eps):
     for i in range(3):
         rw, rl = POLICY[2 * i] - REF[2 * i], POLICY[2 * i + 1] - REF[2 * i + 1]
         d = beta * (rw - rl)
-        if loss_type == "sigmoid":
-            expected.append(-(1 - eps) * _ls(d) - eps * _ls(-d))
+        if loss_type == "sigmoid":  # TRL 1.16 applies no label smoothing to sigmoid
+            expected.append(-_ls(d))
         elif loss_type == "robust":
             expected.append((-(1 - eps) * _ls(d) + eps * _ls(-d)) / (1 - 2 * eps))
         elif loss_type == "ipo":
@@ -310,12 +327,15 @@ def test_loss_matches_hand_computation(loss_type, eps):
 
 
 def test_label_smoothing_zero_is_plain_dpo_for_sigmoid_and_robust():
+    """robust with eps 0 is DPO; sigmoid ignores eps altogether, as in TRL 1.16 (no conservative DPO)."""
     policy, ref = _fake_policy(POLICY, LENGTHS), torch.tensor(REF)
     plain, _ = dpo_loss("sigmoid", policy, ref, 0.3)
     robust, _ = dpo_loss("robust", policy, ref, 0.3)
     smoothed, _ = dpo_loss("sigmoid", policy, ref, 0.3, label_smoothing=0.2)
+    smoothed_robust, _ = dpo_loss("robust", policy, ref, 0.3, label_smoothing=0.2)
     torch.testing.assert_close(robust, plain)
-    assert not torch.allclose(smoothed, plain)
+    torch.testing.assert_close(smoothed, plain)
+    assert not torch.allclose(smoothed_robust, plain)
 
 
 def test_metrics_names_values_and_ties():

@@ -15,7 +15,7 @@ from support.models import enable_checkpointing, make_tiny_model
 from zephyr.chat import tokenize_conversation
 from zephyr.train.attention import restore_attention, use_packed_attention
 from zephyr.train.collate import PackedCollator, PaddedCollator, pack_best_fit
-from zephyr.train.losses import sft_loss_sum
+from zephyr.train.logps import sft_loss_sum
 
 CONVERSATIONS = [
     [

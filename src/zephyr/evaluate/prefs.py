@@ -20,7 +20,8 @@ import torch
 
 from zephyr.train.attention import restore_attention, use_packed_attention
 from zephyr.train.collate import PairCollator
-from zephyr.train.losses import dpo_loss, sequence_logps
+from zephyr.train.logps import sequence_logps
+from zephyr.train.losses import dpo_loss
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,23 @@ from zephyr.resources import _DIR as RESOURCES
 MAX_NEW_TOKENS = 1024  # FastChat's answer length per turn
 # The DPO losses prefs can score with; train.losses holds them, but importing it here would load torch
 # for every `--help` (a test checks the two lists agree).
-DPO_LOSS_NAMES = ("sigmoid", "robust", "ipo", "hinge")
+DPO_LOSS_NAMES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
 
 BUILTIN_QUESTIONS = RESOURCES / "mt_bench_mini.jsonl"
 BUILTIN_REFERENCES = RESOURCES / "mt_bench_mini_reference.jsonl"
@@ -216,7 +232,8 @@ class PrefsSettings:
     )
     beta: float = setting("DPO beta for the implicit rewards (0.1 paper, 0.01 handbook).", default=0.1, gt=0)
     loss_type: str = setting(
-        "DPO loss reported beside the rewards: sigmoid, robust, ipo or hinge.",
+        "DPO loss reported beside the rewards, over all the pairs at once (TRL's names; no label smoothing, so "
+        "not exo_pair, and discopop at its default tau).",
         default="sigmoid",
         choices=DPO_LOSS_NAMES,
     )
@@ -237,3 +254,9 @@ class PrefsSettings:
 
     def __post_init__(self):
         check_settings(self)
+        if self.loss_type == "exo_pair":
+            raise ConfigError(
+                "`loss_type` exo_pair needs a `label_smoothing` above 0, which `zephyr eval prefs` does not "
+                "take; report another loss",
+                key="loss_type",
+            )

@@ -6,6 +6,8 @@ their ``setting``, the inherited TrainingArguments ones through ``TRAINING_LIMIT
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +15,9 @@ from transformers import TrainingArguments
 
 from zephyr.config import check_settings, check_value, setting
 from zephyr.errors import ConfigError
-from zephyr.train.losses import DPO_LOSSES
+from zephyr.train.losses import DPO_LOSSES, USES_LABEL_SMOOTHING, LossSettings
+
+log = logging.getLogger(__name__)
 
 # Limits on inherited TrainingArguments fields: transformers accepts these values and fails (or trains on
 # nonsense) much later, after the model has loaded.
@@ -69,6 +73,19 @@ class SFTConfig(TrainingArguments):
         self.remove_unused_columns = False
 
 
+def _finite_weight(value: Any) -> float:
+    """A loss weight as a float; YAML 1.1 hands `1e-1` over as a string, which is accepted."""
+    try:
+        weight = (
+            float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+        )
+    except ValueError:
+        weight = None
+    if weight is None or not math.isfinite(weight):
+        raise ConfigError(f"`loss_weights` must hold finite numbers; got {value!r}", key="loss_weights")
+    return weight
+
+
 @dataclass
 class DPOConfig(TrainingArguments):
     """transformers.TrainingArguments plus the direct-preference-optimisation settings."""
@@ -78,14 +95,38 @@ class DPOConfig(TrainingArguments):
         default=0.1,
         gt=0,
     )
-    loss_type: str = setting(
-        "The DPO loss: sigmoid (DPO), robust, ipo or hinge.", "sigmoid", choices=DPO_LOSSES
+    loss_type: str | list[str] = setting(
+        "The DPO loss, or a list of losses summed with `loss_weights` (TRL 1.16's names): sigmoid (DPO), "
+        "hinge, ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, "
+        "discopop, sft (NLL of the chosen replies), sigmoid_norm (DPO on per-token log-ratios). "
+        "MPO, for instance: [sigmoid, bco_pair, sft] with weights [0.8, 0.2, 1.0].",
+        "sigmoid",
+    )
+    loss_weights: list[float] | None = setting(
+        "One weight per entry of `loss_type`; the loss is the weighted sum of each type's mean over the "
+        "pairs. None: every weight 1.",
+        default=None,
     )
     label_smoothing: float = setting(
-        "Assumed label noise eps: conservative DPO for `sigmoid`, robust DPO for `robust`.",
+        "Assumed label noise eps, read only by robust (robust DPO), exo_pair (EXO's eps, must then be above 0; "
+        "the paper suggests 1e-3), aot and aot_unpaired. As in TRL 1.16, sigmoid ignores it (no conservative "
+        "DPO).",
         default=0.0,
         ge=0,
         lt=0.5,
+    )
+    ld_alpha: float | None = setting(
+        "LD-DPO: within each pair, the tokens of the longer completion past the shorter one's length count "
+        "with this weight in the policy's and the reference's summed log-probs (1: plain DPO, 0: ignored). "
+        "None: off.",
+        default=None,
+        ge=0,
+        le=1,
+    )
+    discopop_tau: float = setting(
+        "DiscoPOP's temperature, which shapes how its loss blends the logistic and exponential parts.",
+        default=0.05,
+        gt=0,
     )
     max_length: int = setting(
         "Longest prompt + completion in tokens; completions are cut from the right.", default=1024, ge=2
@@ -118,6 +159,7 @@ class DPOConfig(TrainingArguments):
 
     def __post_init__(self):
         check_training_numbers(self)
+        self._check_losses()
         super().__post_init__()
         if self.max_prompt_length is not None and not 0 < self.max_prompt_length < self.max_length:
             raise ConfigError(
@@ -127,3 +169,42 @@ class DPOConfig(TrainingArguments):
         if self.prefix_sharing and not self.padding_free:
             self.prefix_sharing = False  # sharing a prompt needs the packed row layout
         self.remove_unused_columns = False
+
+    def _check_losses(self) -> None:
+        """`loss_type` becomes a list of known names; its weights and label smoothing must fit it (TRL's
+        checks, made here so a bad recipe fails before any model loads). Robust DPO's 0 <= eps < 0.5 is
+        the limit on `label_smoothing` itself."""
+        types = [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
+        if not isinstance(types, list) or not types:
+            raise ConfigError(
+                f"`loss_type` must be a loss name or a non-empty list of them; got {self.loss_type!r}",
+                key="loss_type",
+            )
+        for name in types:
+            check_value("loss_type", name, {}, DPO_LOSSES)
+        self.loss_type = list(types)
+        if self.loss_weights is not None:
+            weights = self.loss_weights if isinstance(self.loss_weights, list) else [self.loss_weights]
+            if len(weights) != len(types):
+                raise ConfigError(
+                    f"`loss_weights` has {len(weights)} weight(s) but `loss_type` has {len(types)} loss "
+                    f"type(s) ({', '.join(types)}); give one weight per loss type",
+                    key="loss_weights",
+                )
+            self.loss_weights = [_finite_weight(w) for w in weights]
+        if "exo_pair" in types and self.label_smoothing == 0:
+            raise ConfigError(
+                "`label_smoothing` must be greater than 0 for the `exo_pair` loss (its eps; the EXO paper "
+                "suggests 1e-3)",
+                key="label_smoothing",
+            )
+        if self.label_smoothing > 0 and not set(types) & set(USES_LABEL_SMOOTHING):
+            log.warning(
+                "`label_smoothing` (%s) has no effect on %s: only %s read it (TRL 1.16 applies none to sigmoid)",
+                self.label_smoothing,
+                ", ".join(types),
+                ", ".join(USES_LABEL_SMOOTHING),
+            )
+
+    def loss_settings(self) -> LossSettings:
+        return LossSettings(self.beta, self.label_smoothing, self.discopop_tau)

@@ -104,6 +104,7 @@ def precompute_all(data: dict, policy, model_args: ModelArguments, args: DPOConf
             name,
             args.ref_cache_dir,
             uses_packed_attention=args.padding_free,
+            ld_alpha=args.ld_alpha,
         )
     if separate:
         del ref

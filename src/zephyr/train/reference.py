@@ -2,7 +2,8 @@
 
 Precomputed log-probs are cached on disk under a key made of the reference weights (hashed from
 the tensors actually loaded, so a merged adapter or a different dtype changes it), the token ids of
-the data (so any change to the data, template or truncation changes it) and the batch layout.
+the data (so any change to the data, template or truncation changes it), the batch layout and
+LD-DPO's ``ld_alpha`` (the cached sums are weighted with it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 
 from zephyr.io import cache_dir, write_atomic
 from zephyr.train.attention import restore_attention, use_packed_attention
-from zephyr.train.losses import sequence_logps
+from zephyr.train.logps import sequence_logps
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ def reference_mode(model, ref_model):
         yield model
 
 
-def _score(model, dataset, collator, batch_size: int, indices: list[int], device, desc: str) -> torch.Tensor:
+def _score(
+    model, dataset, collator, batch_size: int, indices: list[int], device, desc: str, ld_alpha: float | None
+) -> torch.Tensor:
     """Reference log-probs (len(indices), 2) for the given rows, in eval mode and without gradients."""
     out = []
     was_training = model.training
@@ -63,7 +66,7 @@ def _score(model, dataset, collator, batch_size: int, indices: list[int], device
         for start in tqdm(range(0, len(indices), batch_size), desc=desc, unit="batch"):
             rows = [dataset[i] for i in indices[start : start + batch_size]]
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator(rows).items()}
-            out.append(sequence_logps(model, batch)["logps"].view(-1, 2).cpu())
+            out.append(sequence_logps(model, batch, ld_alpha)["logps"].view(-1, 2).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 2)
 
@@ -77,17 +80,19 @@ def precompute_reference_logps(
     split: str,
     cache: str | None = None,
     uses_packed_attention: bool = True,
+    ld_alpha: float | None = None,
 ):
     """Add ``ref_chosen_logps``/``ref_rejected_logps`` columns, from the disk cache or computed now.
 
     ``ref_source`` is the module to score with (a reference model, or the policy inside
     ``reference_mode``). The rows are split across processes; each computes its share and all
-    processes receive the whole result. Process 0 writes the cache atomically.
+    processes receive the whole result. Process 0 writes the cache atomically. With ``ld_alpha`` the
+    sums are LD-DPO-weighted, as the trainer weights the policy's.
     """
-    key = hashlib.blake2b(
-        f"{weights_fingerprint(ref_source)}|{data_fingerprint(dataset)}|{type(collator).__name__}".encode(),
-        digest_size=16,
-    ).hexdigest()
+    parts = [weights_fingerprint(ref_source), data_fingerprint(dataset), type(collator).__name__]
+    if ld_alpha is not None:  # absent otherwise, so caches made before LD-DPO existed stay valid
+        parts.append(f"ld_alpha={float(ld_alpha)!r}")
+    key = hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
     path = Path(cache or cache_dir() / "ref_logps") / f"{key}.pt"
     if path.is_file():
         values = torch.load(path)
@@ -105,6 +110,7 @@ def precompute_reference_logps(
                 mine,
                 accelerator.device,
                 f"Reference log-probs ({split})",
+                ld_alpha,
             )
         finally:
             if previous is not None:

@@ -21,7 +21,8 @@ from transformers.trainer_utils import SaveStrategy, rotate_checkpoints
 
 from zephyr.io import write_atomic
 from zephyr.train.checkpoints import PREFIX, pause_point, staged_checkpoint
-from zephyr.train.losses import dpo_loss, sequence_logps, sft_loss_sum
+from zephyr.train.logps import sequence_logps, sft_loss_sum
+from zephyr.train.losses import PairLogps, mixed_loss, pair_metrics
 
 log = logging.getLogger(__name__)
 
@@ -194,17 +195,16 @@ class DPOTrainer(ZephyrTrainer):
             self.ref_model = ref_model.to(self.args.device)
 
     def reference_logps(self, model, batch) -> torch.Tensor:
-        if "ref_logps" in batch:
+        if "ref_logps" in batch:  # precomputed, with the same ld_alpha (it is part of the cache key)
             return batch["ref_logps"]
         from zephyr.train.reference import reference_mode
 
         with torch.no_grad(), reference_mode(model, self.ref_model) as ref:
-            return sequence_logps(ref, batch)["logps"]
+            return sequence_logps(ref, batch, self.args.ld_alpha)["logps"]
 
     def batch_loss(self, model, batch):
-        policy = sequence_logps(model, batch)
-        ref = self.reference_logps(model, batch)
-        losses, metrics = dpo_loss(
-            self.args.loss_type, policy, ref, self.args.beta, self.args.label_smoothing
-        )
-        return losses.sum(), losses.numel(), metrics
+        args = self.args
+        policy = sequence_logps(model, batch, args.ld_alpha)
+        scores = PairLogps.from_scores(policy, self.reference_logps(model, batch))
+        losses = mixed_loss(scores, args.loss_type, args.loss_settings(), args.loss_weights)
+        return losses.sum(), losses.numel(), pair_metrics(scores, args.beta, policy["logit_sums"])
