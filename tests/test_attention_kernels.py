@@ -253,3 +253,31 @@ def test_kernel_choice_by_device_and_installation(monkeypatch):
         choose_kernel("flash_varlen", "cpu")
     with pytest.raises(ConfigError, match="one of auto, sdpa_blocks, flex, flash_varlen"):
         choose_kernel("flash", "cpu")
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_recipe_kernel_this_machine_cannot_train_with_fails_at_parse_time(stage, tmp_path, monkeypatch):
+    from zephyr.config import parse_config
+    from zephyr.train.config import DPOConfig, SFTConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cls = SFTConfig if stage == "sft" else DPOConfig
+    with pytest.raises(ConfigError, match="`attention_kernel: flex` cannot train on cpu"):
+        parse_config([cls], None, [f"--output_dir={tmp_path}", "--attention_kernel=flex"])
+    with pytest.raises(ConfigError, match="did you mean `flex`"):
+        parse_config([cls], None, [f"--output_dir={tmp_path}", "--attention_kernel=flexx"])
+    # Padded batches never use a packed kernel, so the key cannot stop them.
+    (args,) = parse_config(
+        [cls], None, [f"--output_dir={tmp_path}", "--attention_kernel=flex", "--padding_free=false"]
+    )
+    assert args.attention_kernel == "flex"
+
+
+def test_reference_in_another_dtype_is_cast_to_the_policys_with_a_warning(caplog):
+    from zephyr.train.dpo import match_reference_dtype
+
+    policy, ref = make_tiny_model(vocab_size=300), make_tiny_model(vocab_size=300).to(torch.bfloat16)
+    with caplog.at_level("WARNING"):
+        ref = match_reference_dtype(ref, policy)
+    assert next(ref.parameters()).dtype == torch.float32
+    assert "casting the reference to torch.float32" in caplog.text

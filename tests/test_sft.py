@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -207,14 +208,16 @@ def _log_history(out) -> list[dict]:
     return state["log_history"]
 
 
-def test_cli_sft_learns_and_saves_loadable_model(tiny_model_dir, tmp_path):
+def test_cli_sft_learns_and_saves_loadable_model(tiny_model_dir, tmp_path, caplog):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from zephyr.cli import main
 
     data = _write_conversations(tmp_path / "conv.jsonl")
     out = tmp_path / "out"
-    assert main(_sft_args(tiny_model_dir, data, out, "--num_train_epochs=2", "--save_strategy=no")) == 0
+    with caplog.at_level(logging.INFO, logger="zephyr"):
+        assert main(_sft_args(tiny_model_dir, data, out, "--num_train_epochs=2", "--save_strategy=no")) == 0
+    assert "Packed attention kernel: sdpa_blocks (attention_kernel: auto" in caplog.text
     metrics = json.loads((out / "all_results.json").read_text())
     # The log history is kept beside the model even without checkpoints: `zephyr report` plots it.
     history = [

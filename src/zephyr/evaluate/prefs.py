@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zephyr.train.attention import restore_attention, use_packed_attention
+from zephyr.train.attention import choose_kernel, restore_attention, use_packed_attention
 from zephyr.train.collate import PairCollator
 from zephyr.train.logps import sequence_logps
 from zephyr.train.losses import dpo_loss
@@ -49,7 +49,7 @@ def score_pairs(model, dataset, batch_size: int = 8, desc: str = "score pairs") 
 
     collator = PairCollator("shared")
     device = next(model.parameters()).device
-    previous = use_packed_attention(model)
+    previous = use_packed_attention(model, choose_kernel("auto", device, training=False))
     parts = {"logps": [], "logit_sums": [], "lengths": []}
     model.eval()
     try:

@@ -15,6 +15,7 @@ from transformers import TrainingArguments
 
 from zephyr.config import check_settings, check_value, setting
 from zephyr.errors import ConfigError
+from zephyr.train.attention import KERNEL_CHOICES
 from zephyr.train.losses import DPO_LOSSES, USES_LABEL_SMOOTHING, LossSettings
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,31 @@ TRAINING_LIMITS = {
 }
 
 
+def attention_kernel_setting():
+    """The `attention_kernel` key, shared by SFT and DPO."""
+    return setting(
+        "The kernel for padding-free rows: `auto` (CUDA: FlashAttention varlen where flash-attn is installed, "
+        "else flex attention; elsewhere `sdpa_blocks`), `flex` (one flex-attention call per row; trains on "
+        "CUDA only), `flash_varlen` (CUDA + flash-attn; prefix-shared DPO rows take flex) or `sdpa_blocks` "
+        "(one SDPA call per sequence; runs everywhere). The chosen kernel is logged at start-up.",
+        default="auto",
+        choices=KERNEL_CHOICES,
+    )
+
+
 def check_training_numbers(args: Any) -> None:
-    """Range-check our own keys and the inherited TrainingArguments numbers, naming the key."""
+    """Range-check our own keys and the inherited TrainingArguments numbers, naming the key; and refuse an
+    attention kernel this machine cannot train with, before any model loads."""
     check_settings(args)
     for key, limits in TRAINING_LIMITS.items():
         check_value(key, getattr(args, key, None), limits)
+    if getattr(args, "padding_free", False):
+        import torch
+
+        from zephyr.train.attention import choose_kernel
+
+        on_gpu = torch.cuda.is_available() and not args.use_cpu
+        choose_kernel(args.attention_kernel, "cuda" if on_gpu else "cpu")
 
 
 @dataclass
@@ -62,6 +83,7 @@ class SFTConfig(TrainingArguments):
         "Off: pad every conversation to the longest in the batch, as TRL does.",
         default=True,
     )
+    attention_kernel: str = attention_kernel_setting()
     dataset_kwargs: dict[str, Any] | None = setting(
         "Accepted for handbook compatibility; unused.", default=None
     )
@@ -152,6 +174,7 @@ class DPOConfig(TrainingArguments):
     padding_free: bool = setting(
         "Pack each batch into one row with no padding. Off: pad pairs as TRL does.", default=True
     )
+    attention_kernel: str = attention_kernel_setting()
     prefix_sharing: bool = setting(
         "Run each prompt once for its chosen and rejected completions (needs padding_free).", default=True
     )

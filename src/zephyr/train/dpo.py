@@ -19,6 +19,7 @@ from zephyr.train.setup import (
     load_run_tokenizer,
     log_batch_geometry,
     maybe_add_lora,
+    packed_kernel,
     save_trained,
     training_lock,
 )
@@ -81,6 +82,24 @@ def load_reference(model_args: ModelArguments, args: DPOConfig, tokenizer):
     return ref.eval().requires_grad_(False)
 
 
+def match_reference_dtype(ref, policy):
+    """The reference in the policy's dtype: a separate reference checkpoint saved in another dtype would
+    otherwise score in fp32 against a bf16 policy (or the reverse), and the log-ratios would carry the
+    rounding difference as if the policy had moved."""
+    want = next(policy.parameters()).dtype
+    have = next(ref.parameters()).dtype
+    quantized = getattr(ref, "is_quantized", False) or getattr(policy, "is_quantized", False)
+    if have != want and have.is_floating_point and want.is_floating_point and not quantized:
+        log.warning(
+            "The reference model loaded in %s and the policy in %s; casting the reference to %s",
+            have,
+            want,
+            want,
+        )
+        ref = ref.to(want)
+    return ref
+
+
 def precompute_all(data: dict, policy, model_args: ModelArguments, args: DPOConfig, tokenizer) -> None:
     """Reference log-probs for every split, from the cache or computed now.
 
@@ -103,7 +122,7 @@ def precompute_all(data: dict, policy, model_args: ModelArguments, args: DPOConf
             state,
             name,
             args.ref_cache_dir,
-            uses_packed_attention=args.padding_free,
+            kernel=packed_kernel(args, training=False),
             ld_alpha=args.ld_alpha,
         )
     if separate:
@@ -133,8 +152,10 @@ def _dpo(model_args: ModelArguments, data_args: DataArguments, args: DPOConfig, 
     else:
         model = maybe_add_lora(model, model_args, args)
         ref_model = load_reference(model_args, args, tokenizer)
+        if ref_model is not None:
+            ref_model = match_reference_dtype(ref_model, model)
         if ref_model is not None and args.padding_free:
-            use_packed_attention(ref_model)
+            use_packed_attention(ref_model, packed_kernel(args))
     log_batch_geometry(
         args, data["train"], unit="pairs", token_columns=("prompt_ids", "chosen_ids", "rejected_ids")
     )

@@ -79,14 +79,15 @@ def precompute_reference_logps(
     accelerator,
     split: str,
     cache: str | None = None,
-    uses_packed_attention: bool = True,
+    kernel: str | None = "sdpa_blocks",
     ld_alpha: float | None = None,
 ):
     """Add ``ref_chosen_logps``/``ref_rejected_logps`` columns, from the disk cache or computed now.
 
     ``ref_source`` is the module to score with (a reference model, or the policy inside
     ``reference_mode``). The rows are split across processes; each computes its share and all
-    processes receive the whole result. Process 0 writes the cache atomically. With ``ld_alpha`` the
+    processes receive the whole result. Process 0 writes the cache atomically. ``kernel`` is the packed-
+    attention kernel the collator's rows need (None for padded batches). With ``ld_alpha`` the
     sums are LD-DPO-weighted, as the trainer weights the policy's.
     """
     parts = [weights_fingerprint(ref_source), data_fingerprint(dataset), type(collator).__name__]
@@ -100,7 +101,7 @@ def precompute_reference_logps(
     else:
         rank, world = accelerator.process_index, accelerator.num_processes
         mine = list(range(rank, len(dataset), world))
-        previous = use_packed_attention(ref_source) if uses_packed_attention else None
+        previous = use_packed_attention(ref_source, kernel) if kernel else None
         try:
             scored = _score(
                 ref_source,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from zephyr.io import output_lock, write_atomic, write_json
 from zephyr.models import ModelArguments
-from zephyr.train.attention import restore_attention, use_packed_attention
+from zephyr.train.attention import choose_kernel, restore_attention, use_packed_attention
 from zephyr.train.checkpoints import CheckpointError, checkpoint_problem, newest_checkpoint, save_final_model
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,14 @@ def maybe_add_lora(model, model_args: ModelArguments, args):
         "LoRA: training %s of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
     )
     return model
+
+
+def packed_kernel(args, training: bool = True) -> str | None:
+    """The packed-attention kernel of a run (``attention_kernel`` checked against its device), or None when
+    batches are padded and the model keeps its own attention."""
+    if not getattr(args, "padding_free", False):
+        return None
+    return choose_kernel(args.attention_kernel, args.device, training)
 
 
 def log_batch_geometry(
@@ -146,7 +154,15 @@ def save_trained(trainer, tokenizer, args, stage: str, model_args: ModelArgument
     from zephyr.train.trainer import write_model_card
 
     resume = _resume_arg(args)
-    previous = use_packed_attention(trainer.model) if getattr(args, "padding_free", False) else None
+    kernel = packed_kernel(args)
+    if kernel is not None:
+        log.info(
+            "Packed attention kernel: %s (attention_kernel: %s, device %s)",
+            kernel,
+            args.attention_kernel,
+            args.device,
+        )
+    previous = use_packed_attention(trainer.model, kernel) if kernel is not None else None
     try:
         result = trainer.train(resume_from_checkpoint=resume)
         metrics = dict(result.metrics)
