@@ -362,3 +362,70 @@ def test_zephyr_full_recipe_matches_the_paper(tmp_path):
     assert s.num_train_epochs == 1 and s.seed == 42 and s.max_length == 2048 and s.packing
     assert s.per_device_train_batch_size * s.gradient_accumulation_steps * 8 == 512
     assert s.weight_decay == 0.0
+
+
+# ------------------------------------------------------------- keys of the alignment-handbook at its head
+
+
+def test_trl_single_dataset_keys_load_the_named_splits(tmp_path):
+    """smollm2's SFT recipes: `dataset_name` + `dataset_config` + `dataset_train_split` / `dataset_test_split`."""
+    import json
+
+    from zephyr.data.mixture import load_datasets
+
+    data = tmp_path / "smoltalk"
+    data.mkdir()
+    conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    for split, n in (("train", 5), ("test", 2)):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps({"messages": conv}) + "\n" for _ in range(n)))
+    text = (
+        f"dataset_name: {data}\ndataset_config: all\ndataset_train_split: train\ndataset_test_split: test\n"
+    )
+    (d,) = parse_config([DataArguments], write(tmp_path, text))
+    splits = load_datasets(d, "conversation")
+    assert {k: len(v) for k, v in splits.items()} == {"train": 5, "test": 2}
+    (no_test,) = parse_config(
+        [DataArguments], None, [f"--dataset_name={data}", "--dataset_test_split=validation"]
+    )
+    assert list(load_datasets(no_test, "conversation")) == ["train"]  # a missing test split only means no eval
+    with pytest.raises(ConfigError, match="not both"):
+        parse_config([DataArguments], None, [f"--dataset_name={data}", f"--dataset_mixer={{{data}: 1.0}}"])
+
+
+def test_eos_token_replaces_the_tokenizers_end_of_turn(tmp_path, tokenizer_dir):
+    """smollm3's recipes set `eos_token: <|im_end|>`; it must be a real token, and pad must stay distinct."""
+    from zephyr.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tokenizer_dir), eos_token="<|im_end|>")
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token_id != tokenizer.eos_token_id
+    with pytest.raises(ConfigError, match="`eos_token` '<\\|not_a_token\\|>' is not a token"):
+        load_tokenizer(str(tokenizer_dir), eos_token="<|not_a_token|>")
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "value"),
+    [
+        ("--hub_model_revision=dpo-beta-0.01", "hub_revision", "dpo-beta-0.01"),  # pref_align_scan
+        ("--assistant_only_loss=false", "train_on", "all"),  # smollm3 (true is zephyr's default)
+        ("--assistant_only_loss=true", "train_on", "assistant"),
+        ("--packing_strategy=ffd", "packing_strategy", "ffd"),  # smollm3's older name for best-fit
+        ("--use_liger_kernel=true", "use_liger_kernel", True),
+    ],
+)
+def test_handbook_head_keys_are_taken(tmp_path, override, field, value):
+    configs = parse_config(SFT, None, [f"--output_dir={tmp_path}", "--use_cpu=true", override])
+    assert any(getattr(c, field, None) == value for c in configs)
+
+
+def test_packing_strategy_that_splits_conversations_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="packing_strategy"):
+        parse_config(SFT, None, [f"--output_dir={tmp_path}", "--packing_strategy=wrapped"])
+
+
+def test_smollm3_apo_recipe_loss_parses(tmp_path):
+    from zephyr.train.config import DPOConfig
+
+    (args,) = parse_config(
+        [DPOConfig], None, [f"--output_dir={tmp_path}", "--loss_type=apo_zero", "--beta=0.1"]
+    )
+    assert args.loss_type == ["apo_zero"]

@@ -110,6 +110,19 @@ def test_dry_run_loads_no_model_and_catches_bad_keys(tmp_path, tiny_model_dir, m
         )
 
 
+def test_unknown_key_is_reported_before_wiring(tmp_path):
+    """A misspelt data key must not surface as the missing upstream the misspelling caused."""
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "sft": {"dataset_nmae": "x.jsonl"}}))
+    with pytest.raises(
+        ConfigError, match="stage `sft`: Unknown key `dataset_nmae`; did you mean `dataset_name`"
+    ):
+        run_pipeline(path, dry_run=True)
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "sft": {"dataset_name": "x.jsonl"}}))
+    with pytest.raises(ConfigError, match="x.jsonl.*not found"):  # named data: nothing needed from binarize
+        run_pipeline(path, dry_run=True)
+
+
 def test_missing_upstream_is_a_clear_error(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "dpo": {"max_steps": 1}}))

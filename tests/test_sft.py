@@ -184,6 +184,7 @@ def _sft_args(model_dir, data, out, *extra):
         f"--model_name_or_path={model_dir}",
         f"--dataset_mixer={{{data}: 1.0}}",
         "--dataset_splits=[train]",
+        "--packing=false",  # one conversation per example, so each step sees 4 of them
         f"--output_dir={out}",
         "--per_device_train_batch_size=4",
         "--learning_rate=3e-3",
@@ -194,6 +195,28 @@ def _sft_args(model_dir, data, out, *extra):
         "--use_cpu=true",
         *extra,
     ]
+
+
+@pytest.mark.parametrize(
+    ("data", "stated", "packs"),
+    [
+        ("--dataset_mixer={d.jsonl: 1.0}", None, True),  # the 2023 script this form was written for packed
+        ("--dataset_mixture={datasets: [{id: d.jsonl}]}", None, False),  # today's script: TRL's default
+        ("--dataset_name=d.jsonl", None, False),
+        ("--dataset_mixer={d.jsonl: 1.0}", "false", False),  # a stated value always wins
+        ("--dataset_name=d.jsonl", "true", True),
+    ],
+)
+def test_unset_packing_follows_the_handbook_script_of_the_recipe_form(tmp_path, data, stated, packs):
+    from zephyr.config import parse_config
+    from zephyr.data.config import DataArguments
+    from zephyr.train.config import SFTConfig
+    from zephyr.train.sft import resolve_packing
+
+    overrides = [data, f"--output_dir={tmp_path}"] + ([f"--packing={stated}"] if stated else [])
+    data_args, args = parse_config([DataArguments, SFTConfig], None, overrides)
+    resolve_packing(args, data_args)
+    assert args.packing is packs
 
 
 def _log_history(out) -> list[dict]:

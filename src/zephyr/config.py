@@ -34,6 +34,7 @@ KEY_ALIASES = {
     "model_name": "model_name_or_path",
     "ref_model": "ref_model_name_or_path",
     "on_bad_input": "on_error",  # zephyr <= 0.1's generate/feedback spelling of the bad-row policy
+    "hub_model_revision": "hub_revision",  # the handbook's branch to push to; transformers' name for it
 }
 # Keys the handbook recipes carry that have no meaning any more: accepted, noted, ignored.
 IGNORED_KEYS = {
@@ -273,6 +274,26 @@ def load_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
 
 
+def _owners(classes: Sequence[type]) -> dict[str, tuple[type, Any]]:
+    """Field name -> (the first of ``classes`` declaring it, its type)."""
+    owners: dict[str, tuple[type, Any]] = {}
+    for cls in classes:
+        for name, tp in _field_types(cls).items():
+            owners.setdefault(name, (cls, tp))
+    return owners
+
+
+def check_known_keys(classes: Sequence[type], keys, where: str = "") -> None:
+    """Raise the did-you-mean ConfigError for the first of ``keys`` that none of ``classes`` takes (after
+    aliasing, and besides the accepted-and-ignored handbook keys); nothing is built or checked further."""
+    owners, aliases = _owners(classes), aliases_of(classes)
+    for key in keys:
+        if key in IGNORED_KEYS or key in owners or aliases.get(key) in owners:
+            continue
+        hint = suggest(key, list(owners) + list(aliases))
+        raise ConfigError(f"Unknown key `{key}`{where}{hint}", key=str(key))
+
+
 def parse_config(
     classes: Sequence[type], recipe: str | Path | None = None, overrides: Sequence[str] | dict = ()
 ):
@@ -283,22 +304,17 @@ def parse_config(
     """
     raw = read_recipe(recipe)
     raw.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides))
-    owners: dict[str, tuple[type, Any]] = {}
-    for cls in classes:
-        for name, tp in _field_types(cls).items():
-            owners.setdefault(name, (cls, tp))
+    owners = _owners(classes)
     values: dict[type, dict[str, Any]] = {cls: {} for cls in classes}
     where = f" in {recipe}" if recipe else ""
     aliases = aliases_of(classes)
+    check_known_keys(classes, raw, where)
     for key, value in raw.items():
         name = key if key in owners else aliases.get(key, key)  # a real field wins over an old spelling
         if key in IGNORED_KEYS:
             if IGNORED_KEYS[key]:
                 log.info("Ignoring `%s`: %s", key, IGNORED_KEYS[key])
             continue
-        if name not in owners:
-            hint = suggest(key, list(owners) + list(aliases))
-            raise ConfigError(f"Unknown key `{key}`{where}{hint}", key=str(key))
         cls, tp = owners[name]
         value = _coerce(key, value, tp)
         if key == "warmup_ratio" and not (isinstance(value, (int, float)) and 0 <= value < 1):

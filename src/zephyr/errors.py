@@ -13,6 +13,10 @@ class ConfigError(ZephyrError):
         self.key = key
 
 
+class SplitNotFound(ConfigError):
+    """A data source has no split of the name asked for (a test split is optional in some recipe forms)."""
+
+
 class ModelError(ZephyrError):
     """A model spec cannot be resolved or loaded."""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from zephyr.config import check_settings, setting
-from zephyr.errors import ModelError
+from zephyr.errors import ConfigError, ModelError
 from zephyr.io import cache_dir
 
 log = logging.getLogger(__name__)
@@ -259,12 +259,17 @@ def load_model(spec: str, settings: ModelArguments | None = None, *, for_trainin
 
 
 def load_tokenizer(
-    spec: str, chat_template: str | None = None, revision: str = "main", trust_remote_code=False
+    spec: str,
+    chat_template: str | None = None,
+    revision: str = "main",
+    trust_remote_code=False,
+    eos_token: str | None = None,
 ):
     """Load the tokenizer for a model spec and prepare it for training and generation.
 
     ``chat_template`` is a template name (see ``zephyr.chat.TEMPLATES``) or Jinja source; a model
-    without a template of its own gets the Zephyr template.
+    without a template of its own gets the Zephyr template. ``eos_token`` (TRL's SFT key) replaces the
+    tokenizer's end token with one of its vocabulary, before the pad token is chosen, so the two differ.
     """
     from transformers import AutoTokenizer
 
@@ -282,6 +287,14 @@ def load_tokenizer(
         )
     except OSError as exc:
         raise ModelError(f"Could not load the tokenizer of {spec!r} (resolved to {path!r}): {exc}") from exc
+    if eos_token is not None:
+        if tokenizer.convert_tokens_to_ids(eos_token) in (None, tokenizer.unk_token_id):
+            raise ConfigError(
+                f"`eos_token` {eos_token!r} is not a token of the {spec} tokenizer; use one of its vocabulary "
+                "(the end-of-turn token of its chat template)",
+                key="eos_token",
+            )
+        tokenizer.eos_token = eos_token
     return prepare_tokenizer(tokenizer, chat_template)
 
 

@@ -25,7 +25,7 @@ from datasets import Dataset, DatasetDict, Features, concatenate_datasets, load_
 from tqdm.auto import tqdm
 
 from zephyr.data.schemas import FEATURES, check_kind, extra_columns, normalise_row, settle_types
-from zephyr.errors import ConfigError, DataError, ZephyrError
+from zephyr.errors import ConfigError, DataError, SplitNotFound, ZephyrError
 from zephyr.io import read_jsonl, write_dir_atomic, write_json, write_jsonl
 from zephyr.resources import resolve_resource
 
@@ -231,7 +231,7 @@ def choose_split(names: list[str], split: str | None, label: str) -> str:
     if split is not None:
         if split in names:
             return split
-        raise ConfigError(
+        raise SplitNotFound(
             f"{label} has no split `{split}`; its splits are: {', '.join(sorted(names)) or 'none'}"
         )
     if len(names) == 1:

@@ -9,7 +9,11 @@ New form (``dataset_mixture``), as the handbook's ``get_dataset``: each entry is
 selected, and with a ``weight`` shuffled with ``seed`` and cut to ``int(weight * len)`` rows; all
 entries are concatenated and shuffled with ``seed``; ``test_split_size`` then holds out a test split.
 
-Ids in both forms are local files or directories, or hub ids (see ``load_rows``).
+TRL's single-dataset form (``dataset_name``, ``dataset_config``, ``dataset_train_split``,
+``dataset_test_split``), as the handbook's scripts use it when no mixture is given: the named splits,
+unshuffled and uncut (the trainer's sampler shuffles); a source without the test split trains only.
+
+Ids in every form are local files or directories, or hub ids (see ``load_rows``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from datasets import Dataset, DatasetDict
 
 from zephyr.config import check_keys
 from zephyr.data.loading import concat_rows, has_splits, load_rows
-from zephyr.errors import ConfigError
+from zephyr.errors import ConfigError, SplitNotFound
 
 if TYPE_CHECKING:
     from zephyr.data.config import DataArguments
@@ -36,6 +40,8 @@ def load_datasets(data_args: DataArguments, kind: str) -> DatasetDict:
     """The train/test splits a recipe's data settings describe, cut to max_train/eval_samples."""
     if data_args.dataset_mixture is not None:
         splits = load_mixture(data_args.dataset_mixture, kind, on_error=data_args.on_error)
+    elif data_args.dataset_name is not None:
+        splits = load_named(data_args, kind)
     elif data_args.dataset_mixer:
         splits = load_mixer(
             data_args.dataset_mixer,
@@ -46,7 +52,7 @@ def load_datasets(data_args: DataArguments, kind: str) -> DatasetDict:
         )
     else:
         raise ConfigError(
-            "No dataset given: set `dataset_mixer` (with `dataset_splits`) or `dataset_mixture`"
+            "No dataset given: set `dataset_name`, `dataset_mixer` (with `dataset_splits`) or `dataset_mixture`"
         )
     for name, limit in (("train", data_args.max_train_samples), ("test", data_args.max_eval_samples)):
         if limit is not None and name in splits:
@@ -57,6 +63,26 @@ def load_datasets(data_args: DataArguments, kind: str) -> DatasetDict:
             splits[name] = splits[name].select(range(min(limit, len(splits[name]))))
     log.info("Data: %s", ", ".join(f"{name} {len(ds)} rows" for name, ds in splits.items()))
     return splits
+
+
+# --- TRL's single dataset ---------------------------------------------------------------------------
+
+
+def load_named(data_args: DataArguments, kind: str) -> DatasetDict:
+    """``dataset_name``'s train split and, when the source has splits and that one, its test split."""
+    name, config = data_args.dataset_name, data_args.dataset_config
+    out = DatasetDict()
+    read = dict(config=config, on_error=data_args.on_error)
+    out["train"] = load_rows(name, kind, split=data_args.dataset_train_split, **read).dataset
+    test = data_args.dataset_test_split
+    if not has_splits(name):
+        log.info("%s is a single table: using it as training data only", name)
+    elif test:
+        try:
+            out["test"] = load_rows(name, kind, split=test, **read).dataset
+        except SplitNotFound:
+            log.info("%s has no `%s` split: nothing to evaluate on", name, test)
+    return out
 
 
 # --- old form --------------------------------------------------------------------------------------

@@ -119,9 +119,12 @@ def select(plan: Plan, start: str | None, only: str | None) -> set[str]:
 
 def prepare(plan: Plan) -> list[WiredStage]:
     """Wire every stage and compute its key, without running anything (used by --dry-run too)."""
+    from zephyr.pipeline.validate import check_stage_keys
+
     ctx = PipelineContext(plan.run_dir)
     wired = []
     for spec, section in plan.stages:
+        check_stage_keys(spec.name, section)
         settings = spec.wire(section, ctx)
         produced = ctx.produced()
         upstream = {s: ctx.keys.get(s) for s in spec.reads}

@@ -80,7 +80,7 @@ class StageSpec:
 
 
 def _has_data(section: dict) -> bool:
-    return any(k in section for k in ("dataset_mixer", "dataset_mixture"))
+    return any(k in section for k in ("dataset_name", "dataset_mixer", "dataset_mixture"))
 
 
 def _sft_data(section: dict, ctx: PipelineContext) -> None:

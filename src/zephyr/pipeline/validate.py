@@ -41,22 +41,39 @@ def _validate_training(classes, settings: dict, upstream_paths: list[str]) -> No
         check_model_spec(model)
     for name in settings.get("dataset_mixer") or {}:
         _check_path(name, upstream_paths, f"dataset `{name}`")
+    if settings.get("dataset_name"):
+        _check_path(settings["dataset_name"], upstream_paths, f"dataset `{settings['dataset_name']}`")
+
+
+def training_classes(stage: str) -> list[type] | None:
+    """The config classes a training stage's section is parsed into, or None for other stages."""
+    from zephyr.data.config import DataArguments
+    from zephyr.models import ModelArguments
+    from zephyr.train import config
+
+    trainer_config = {"sft": config.SFTConfig, "dpo": config.DPOConfig}.get(stage)
+    return None if trainer_config is None else [ModelArguments, DataArguments, trainer_config]
+
+
+def check_stage_keys(stage: str, section: dict) -> None:
+    """An unknown key in a training stage's section, reported before wiring can complain about what the
+    section lacks (a `dataset_name` typo must not read as "needs `data` from stage `binarize`")."""
+    from zephyr.config import check_known_keys
+
+    classes = training_classes(stage)
+    if classes is not None:
+        try:
+            check_known_keys(classes, section)
+        except ConfigError as exc:
+            raise ConfigError(f"stage `{stage}`: {exc}") from None
 
 
 def validate_sft(settings: dict, upstream_paths: list[str]) -> None:
-    from zephyr.data.config import DataArguments
-    from zephyr.models import ModelArguments
-    from zephyr.train.config import SFTConfig
-
-    _validate_training([ModelArguments, DataArguments, SFTConfig], settings, upstream_paths)
+    _validate_training(training_classes("sft"), settings, upstream_paths)
 
 
 def validate_dpo(settings: dict, upstream_paths: list[str]) -> None:
-    from zephyr.data.config import DataArguments
-    from zephyr.models import ModelArguments
-    from zephyr.train.config import DPOConfig
-
-    _validate_training([ModelArguments, DataArguments, DPOConfig], settings, upstream_paths)
+    _validate_training(training_classes("dpo"), settings, upstream_paths)
 
 
 def _parse(classes, settings: dict) -> None:

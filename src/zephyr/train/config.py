@@ -73,10 +73,17 @@ class SFTConfig(TrainingArguments):
     max_length: int = setting(
         "Longest conversation in tokens; longer ones are cut from the right.", default=2048, ge=2
     )
-    packing: bool = setting(
+    packing: bool | None = setting(
         "Pack several conversations into rows of up to `max_length` tokens (best-fit decreasing) before "
-        "batching. Attention never crosses conversations either way.",
-        default=False,
+        "batching. Attention never crosses conversations either way. Unset: on for a recipe in the old "
+        "handbook form (`dataset_mixer`), whose 2023 SFT script always packed; off otherwise, as TRL.",
+        default=None,
+    )
+    packing_strategy: str = setting(
+        "TRL's key: `bfd` (best-fit decreasing, what zephyr does; `ffd` is its older name). Conversations are "
+        "never split across rows.",
+        default="bfd",
+        choices=("bfd", "ffd"),
     )
     padding_free: bool = setting(
         "Flatten each batch into one row without padding (position ids restart per conversation). "

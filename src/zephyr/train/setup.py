@@ -26,6 +26,7 @@ def load_run_tokenizer(model_args: ModelArguments, data_args):
         data_args.chat_template,
         model_args.model_revision,
         model_args.trust_remote_code,
+        eos_token=data_args.eos_token,
     )
 
 

@@ -112,21 +112,37 @@ def sft(
         return _sft(model_args, data_args, args, recipe)
 
 
+def resolve_packing(args: SFTConfig, data_args: DataArguments) -> None:
+    """An unset `packing` follows the script the recipe was written for: the handbook's 2023 SFT script
+    (recipes with `dataset_mixer`) hard-coded packing, its current one (TRL's default) does not."""
+    if args.packing is None:
+        args.packing = data_args.dataset_mixer is not None
+        if args.packing:
+            log.info(
+                "Packing conversations: a `dataset_mixer` recipe was run by the handbook's packing SFT script"
+            )
+
+
 def _sft(model_args: ModelArguments, data_args: DataArguments, args: SFTConfig, recipe: dict | None):
     from transformers import set_seed
 
     set_seed(args.seed)
+    resolve_packing(args, data_args)
     tokenizer = load_run_tokenizer(model_args, data_args)
     data = prepare_sft_data(tokenizer, data_args, args)
     if "train" not in data:
         from zephyr.errors import ConfigError
 
         raise ConfigError(
-            "The dataset has no training rows; check `dataset_mixer`/`dataset_mixture` and the splits"
+            "The dataset has no training rows; check `dataset_name`/`dataset_mixer`/`dataset_mixture` and the splits"
         )
     model = load_model(model_args.model_name_or_path, model_args, for_training=True)
     if fit_embeddings_to_tokenizer(model, tokenizer):
         log.info("Grew the embedding matrix to %d rows for the added pad token", len(tokenizer))
+    if data_args.eos_token is not None:  # the saved model must stop where the tokenizer now ends a turn
+        model.config.eos_token_id = tokenizer.eos_token_id
+        if model.generation_config is not None:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
     model = maybe_add_lora(model, model_args, args)
     collator = PackedCollator() if args.padding_free else PaddedCollator(tokenizer.pad_token_id)
     log_batch_geometry(args, data["train"], unit="conversations" if not args.packing else "packed rows")
