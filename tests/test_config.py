@@ -387,7 +387,9 @@ def test_trl_single_dataset_keys_load_the_named_splits(tmp_path):
     (no_test,) = parse_config(
         [DataArguments], None, [f"--dataset_name={data}", "--dataset_test_split=validation"]
     )
-    assert list(load_datasets(no_test, "conversation")) == ["train"]  # a missing test split only means no eval
+    assert list(load_datasets(no_test, "conversation")) == [
+        "train"
+    ]  # a missing test split only means no eval
     with pytest.raises(ConfigError, match="not both"):
         parse_config([DataArguments], None, [f"--dataset_name={data}", f"--dataset_mixer={{{data}: 1.0}}"])
 

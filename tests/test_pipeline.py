@@ -319,3 +319,18 @@ def test_pipeline_export_stage_writes_a_gguf_of_the_trained_model(tmp_path, tiny
     stage = yaml.safe_load((tmp_path / "run" / "export" / "recipe.yaml").read_text())
     assert stage["model"] == summary["sft"]["outputs"]["model"]
     assert run_pipeline(path)["export"]["state"] == "skipped (up to date)"
+
+
+def test_wired_sft_data_does_not_turn_packing_on(tmp_path):
+    """Unset `packing` follows the handbook script of a recipe's data form; data the pipeline wires itself
+    is not a handbook recipe, so its sft stage keeps packing off unless the section asks for it."""
+    from zephyr.pipeline.runner import load_plan, prepare
+
+    path = tmp_path / "p.yaml"
+    sections = {"binarize": {"input": str(tmp_path / "rated.jsonl")}, "sft": {}}
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), **sections}))
+    wired = {stage.spec.name: stage.settings for stage in prepare(load_plan(path))}
+    assert wired["sft"]["packing"] is False and "dataset_mixer" in wired["sft"]
+    sections["sft"] = {"packing": True}
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), **sections}))
+    assert {s.spec.name: s.settings for s in prepare(load_plan(path))}["sft"]["packing"] is True

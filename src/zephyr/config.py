@@ -290,6 +290,11 @@ def check_known_keys(classes: Sequence[type], keys, where: str = "") -> None:
     for key in keys:
         if key in IGNORED_KEYS or key in owners or aliases.get(key) in owners:
             continue
+        # A key another command takes (a class's ``ELSEWHERE``: key -> what it is and which command runs it).
+        name = aliases.get(key, key)
+        for cls in classes:
+            if name in getattr(cls, "ELSEWHERE", {}):
+                raise ConfigError(f"`{key}`{where} is {cls.ELSEWHERE[name]}", key=str(key))
         hint = suggest(key, list(owners) + list(aliases))
         raise ConfigError(f"Unknown key `{key}`{where}{hint}", key=str(key))
 

@@ -6,7 +6,8 @@ Every stage writes through here, so there is one answer to "what does a kill -9 
   (``write_dir_atomic``) are built beside their target, fsynced and renamed into place: readers see the
   old content or the new, never a mix;
 - growing outputs (``append_jsonl``, ``RowLog``) gain one whole, flushed line per finished record; a
-  line torn by a crash is cut off by the next writer, so it is redone, never half-read;
+  line torn by a crash is cut off by the next writer, so it is redone, never half-read; writers that
+  share a file (the server's votes file) pass ``lock=True`` to ``append_jsonl``;
 - ``read_jsonl`` yields ``(location, row)`` with ``location = {"source": path, "line": n}``, ready to be
   passed to ``DataError(..., **location)``; its keywords choose what a bad line or a torn last line does;
 - ``output_lock`` keeps two runs from writing one output at the same time.
@@ -203,15 +204,22 @@ def drop_torn_tail(path: Path) -> None:
         f.truncate(keep)
 
 
-def append_jsonl(path: PathLike, records: Iterable[dict]) -> None:
-    """Append records and make them durable before returning (they count as finished work)."""
+def append_jsonl(path: PathLike, records: Iterable[dict], *, lock: bool = False) -> None:
+    """Append records and make them durable before returning (they count as finished work).
+
+    ``lock=True`` holds an exclusive ``flock`` on the file from the torn-tail repair to the fsync, so
+    writers that all lock (threads of one process or other processes) never interleave their lines or
+    cut off a line another writer is still writing.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = jsonl_text(records)
     if not text:
         return
-    drop_torn_tail(path)
     with open(path, "a", encoding="utf-8") as f:
+        if lock:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+        drop_torn_tail(path)  # O_APPEND: the write below lands at the end as repaired
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

@@ -7,9 +7,12 @@ because it holds the rootdir conftest (and has no ``__init__.py``), so ``support
 top-level package.
 
 - ``support.data``: files under ``../shared/data``, skipping the test when they are absent.
-- ``support.models``: tiny random Llama builders and the activation-checkpointing helper.
+- ``support.models``: tiny random Llama builders (and saved checkpoints) and the activation-checkpointing
+  helper.
 - ``support.fakes``: a scripted generation backend for the evaluation tests.
-- ``support.http``: ``FaultProxy`` (a fault-injecting HTTP proxy) and fast-retry backend specs.
+- ``support.dialogues``: a scripted user simulator and teachers for `zephyr dialogue` (also as a CLI).
+- ``support.http``: ``FaultProxy`` (a fault-injecting HTTP proxy), fast-retry backend specs and ``call``
+  (one JSON request).
 - ``support.processes``: starting the real CLI paused at a named point, for the SIGKILL tests.
 - ``support.gguf_models``: tiny Llamas and a SentencePiece-style tokenizer for the GGUF export tests.
 """

@@ -1,6 +1,7 @@
 """Fake-server helpers: ``FaultProxy``, an HTTP proxy on 127.0.0.1 that injects faults (500, 429,
-timeouts, garbage, dropped connections) in front of a real server, and ``fast_retries``, an openai
-backend spec with short timeouts and backoff so fault tests run quickly."""
+timeouts, garbage, dropped connections) in front of a real server, ``fast_retries``, an openai
+backend spec with short timeouts and backoff so fault tests run quickly, and ``call``, one JSON request
+to a server (for routes no OpenAI client knows, such as /v1/compare)."""
 
 from __future__ import annotations
 
@@ -142,3 +143,18 @@ def fast_retries(url: str, **kw) -> dict:
         "concurrency": 4,
         **kw,
     }
+
+
+def call(url: str, method: str, path: str, body=None, key: str | None = None) -> tuple[int, dict, str]:
+    """One JSON request to ``url + path``: (status, parsed reply, raw reply text), errors included."""
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as r:
+            status, raw = r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read().decode()
+    return status, json.loads(raw), raw

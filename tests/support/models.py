@@ -35,3 +35,13 @@ def enable_checkpointing(model, reentrant: bool) -> list[int]:
     calls = [0]
     model.model.layers[0].self_attn.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     return calls
+
+
+def save_tiny_checkpoint(out, tokenizer_dir, seed: int = 0):
+    """A tiny random model (``make_tiny_model(seed)``) saved with the tokenizer of ``tokenizer_dir``: a model
+    spec the engine and the CLI load. Different seeds give different models (compare mode's two sides)."""
+    from transformers import AutoTokenizer
+
+    make_tiny_model(seed=seed).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    return out

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from zephyr.errors import ZephyrError
 
@@ -34,9 +35,14 @@ class Command:
 # Order is the order shown in `zephyr --help` (the order of the recipe's stages, then the tools).
 COMMANDS = {
     "run": Command("zephyr.cli.run", "Run a whole recipe as one resumable pipeline; skips finished stages."),
+    "dialogue": Command(
+        "zephyr.cli.dialogue", "Multi-turn dialogues between a user simulator and teachers, resumably."
+    ),
     "generate": Command("zephyr.cli.generate", "Completions for prompts from a pool of teachers, resumably."),
     "feedback": Command("zephyr.cli.feedback", "UltraFeedback-style AI feedback on completions, resumably."),
-    "binarize": Command("zephyr.cli.binarize", "Preference pairs and SFT/gen splits from rated completions."),
+    "binarize": Command(
+        "zephyr.cli.binarize", "Preference pairs and SFT/gen splits from rated completions or human votes."
+    ),
     "clean": Command(
         "zephyr.cli.clean", "Clean SFT dialogues: truecasing, disclaimers, dedup, decontamination."
     ),
@@ -44,6 +50,14 @@ COMMANDS = {
         "zephyr.cli.sft", "Distilled SFT on conversations (assistant tokens), packed, padding-free."
     ),
     "dpo": Command("zephyr.cli.dpo", "dDPO on preference pairs (sigmoid/robust/ipo/hinge), prefix sharing."),
+    "kto": Command("zephyr.cli.kto", "KTO on unpaired desirable/undesirable replies (or pairs, or ratings)."),
+    "orpo": Command(
+        "zephyr.cli.orpo", "ORPO on preference pairs: SFT + odds-ratio loss, no reference model."
+    ),
+    "cpo": Command(
+        "zephyr.cli.cpo", "CPO on preference pairs (sigmoid/hinge/ipo/simpo), no reference model."
+    ),
+    "simpo": Command("zephyr.cli.simpo", "SimPO: length-normalised margin loss, no reference model."),
     "eval": Command(
         "zephyr.cli.eval", "Evaluate: MT-Bench, AlpacaEval (file-compatible), preference accuracy."
     ),
@@ -55,6 +69,11 @@ COMMANDS = {
     "export": Command(
         "zephyr.cli.export",
         "Export a model: a merged plain checkpoint, or GGUF + Modelfile for llama.cpp.",
+    ),
+    "merge-shards": Command(
+        "zephyr.cli.merge_shards",
+        "Join the `--shard I/N` outputs of generate, feedback or dialogue.",
+        recipe=False,
     ),
 }
 
@@ -110,6 +129,19 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _give_back_value(args, argv: list[str], extra: list[str]) -> None:
+    """Without a recipe, argparse takes the value of a first `--key value` override for the recipe
+    (`zephyr binarize --votes votes.jsonl ...`); hand it back to its key."""
+    recipe = getattr(args, "recipe", None)
+    if not recipe or recipe not in argv or Path(recipe).suffix in (".yaml", ".yml"):
+        return
+    at = argv.index(recipe)
+    key = argv[at - 1] if at else ""
+    if key.startswith("--") and "=" not in key and key in extra:
+        extra.insert(extra.index(key) + 1, recipe)
+        args.recipe = None
+
+
 def main(argv: list[str] | None = None) -> int:
     top = top_parser()
     ns = top.parse_args(sys.argv[1:] if argv is None else argv)
@@ -122,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         # argparse takes `--key=a value` (with a space) for a positional; it is an override.
         extra.insert(0, args.recipe)
         args.recipe = None
+    _give_back_value(args, ns.args, extra)
     if extra and not COMMANDS[ns.command].recipe:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging(ns.verbose)

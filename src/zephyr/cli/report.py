@@ -23,6 +23,8 @@ def run(args, extra) -> int:
     if target and recipe is None:
         overrides.setdefault("run_dir", target)
     (cfg,) = parse_config([ReportConfig], recipe, overrides)
-    path = report(cfg.run_dir, cfg.output_dir, cfg.mt_bench, cfg.alpaca, cfg.samples, cfg.title)
+    path = report(
+        cfg.run_dir, cfg.output_dir, cfg.mt_bench, cfg.alpaca, cfg.samples, cfg.title, votes=cfg.votes
+    )
     print(f"Report written to {path}")
     return 0

@@ -17,11 +17,18 @@ DESCRIPTION = (
     "\nExample: zephyr serve smollm2-135m-instruct --port 8000"
     "\n         then point any OpenAI client at http://127.0.0.1:8000/v1"
     "\nThe API key: --api-key-file PATH or $ZEPHYR_API_KEY keep it out of `ps` (--api-key does not)."
+    "\nCompare mode (blind A/B votes on the chat page, POST /v1/compare):"
+    "\n         zephyr serve runs/demo/dpo/model --compare-model runs/demo/sft/model --votes votes.jsonl"
+    "\n         (without --compare-model: two samples of one model); pairs for dpo from the votes:"
+    "\n         zephyr binarize --votes votes.jsonl --output_dir runs/votes/data"
 )
 API_KEY_ENV = "ZEPHYR_API_KEY"
 # The same as zephyr.serve.limits's (a test checks): importing that package would load torch for --help.
 DEFAULT_MAX_REQUEST_BYTES = 4 * 2**20
 DEFAULT_BODY_TIMEOUT = 30.0
+# The same as zephyr.serve.compare's (a test checks).
+DEFAULT_MAX_COMPARISONS = 256
+DEFAULT_COMPARISON_TTL = 3600.0
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +67,8 @@ def add_model_arguments(parser) -> None:
     )
 
 
-def build_engine(args, **kwargs):
+def build_engine(args, spec: str | None = None, **kwargs):
+    """The engine of ``spec`` (default: the model argument), with the model options of ``args``."""
     import torch
 
     from zephyr.generation.engine import Engine
@@ -68,7 +76,7 @@ def build_engine(args, **kwargs):
     if args.threads:
         torch.set_num_threads(args.threads)
     return Engine.from_spec(
-        args.model,
+        spec or args.model,
         chat_template=args.chat_template,
         dtype=args.dtype,
         device=args.device,
@@ -123,11 +131,51 @@ def add_arguments(parser) -> None:
         default=None,
         help="Model name in /v1/models and replies (default: the model spec's last part)",
     )
+    add_compare_arguments(parser)
     parser.add_argument(
         "--default-max-tokens",
         type=int,
         default=1024,
         help="Reply length cap when a request gives no max_tokens (default: 1024)",
+    )
+
+
+def add_compare_arguments(parser) -> None:
+    group = parser.add_argument_group(
+        "compare mode", "Blind A/B comparisons on the chat page; each vote is one line of the --votes file"
+    )
+    group.add_argument(
+        "--votes",
+        default=None,
+        metavar="FILE",
+        help="Turn compare mode on and append every vote to this JSONL file (kept across restarts)",
+    )
+    group.add_argument(
+        "--compare-model",
+        default=None,
+        metavar="MODEL",
+        help="A second model to compare with (loaded like MODEL, with the same --dtype, --device and "
+        "--chat-template; the two share --threads). Default: two samples of MODEL, seeds s and s+1",
+    )
+    group.add_argument(
+        "--compare-model-name",
+        default=None,
+        metavar="NAME",
+        help="Its name in votes (default: its spec's last part)",
+    )
+    group.add_argument(
+        "--max-comparisons",
+        type=int,
+        default=DEFAULT_MAX_COMPARISONS,
+        metavar="N",
+        help=f"Comparisons kept waiting for a vote; a new one drops the oldest (default: {DEFAULT_MAX_COMPARISONS})",
+    )
+    group.add_argument(
+        "--comparison-ttl",
+        type=float,
+        default=DEFAULT_COMPARISON_TTL,
+        metavar="SECONDS",
+        help=f"How long a comparison waits for its vote (default: {DEFAULT_COMPARISON_TTL:g} s)",
     )
 
 
@@ -162,8 +210,25 @@ def run(args, extra) -> int:
     api_key = resolve_api_key(args)  # before loading the model: a bad key file fails at once
     if args.max_request_bytes < 1 or args.body_timeout <= 0:
         raise ConfigError("--max-request-bytes and --body-timeout must be positive")
-    engine = build_engine(args, default_max_tokens=args.default_max_tokens)
+    if args.compare_model and not args.votes:
+        raise ConfigError("--compare-model needs --votes FILE: the file where the votes go")
+    if args.votes and (args.max_comparisons < 1 or args.comparison_ttl <= 0):
+        raise ConfigError("--max-comparisons and --comparison-ttl must be positive")
     name = args.served_model_name or served_name(args.model)
+    compare_name = args.compare_model and (args.compare_model_name or served_name(args.compare_model))
+    if compare_name == name:  # before loading anything
+        raise ConfigError(
+            f"Both models would be served as {name!r}, so votes could not tell them apart; name them with "
+            "--served-model-name and --compare-model-name"
+        )
+    if args.votes and Path(args.votes).is_dir():
+        raise ConfigError(
+            f"--votes {args.votes} is a directory; give a file, e.g. {Path(args.votes) / 'votes.jsonl'}"
+        )
+    if args.compare_model:
+        args.threads = _thread_share(args.threads, 2)
+    engine = build_engine(args, default_max_tokens=args.default_max_tokens)
+    arena, other = _arena(args, engine, name, compare_name)
     hosts = [args.host, *(h.strip() for names in args.allowed_hosts for h in names.split(","))]
     app = create_app(
         engine,
@@ -173,6 +238,7 @@ def run(args, extra) -> int:
         body_timeout=args.body_timeout,
         allowed_hosts=hosts,
         accept_any_model_name=args.accept_any_model_name,
+        arena=arena,
     )
     log.info(
         "Serving %s on http://%s:%d (context %d tokens, batches of up to %d, API key %s)",
@@ -187,4 +253,31 @@ def run(args, extra) -> int:
         uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
     finally:
         engine.close()
+        if other is not None:
+            other.close()
     return 0
+
+
+def _thread_share(threads: int | None, models: int) -> int:
+    """Torch threads per model when ``models`` engines decode at the same time in this process: an equal
+    share of ``--threads`` (default: torch's choice), so together they do not oversubscribe the cores."""
+    import torch
+
+    return max(1, (threads or torch.get_num_threads()) // models)
+
+
+def _arena(args, engine, name: str, compare_name: str | None):
+    """Compare mode's state (None without --votes) and the second engine (None without --compare-model)."""
+    if not args.votes:
+        return None, None
+    from zephyr.serve.compare import Arena, Contender
+
+    other = None
+    contenders = [Contender(name, engine)]
+    if args.compare_model:
+        other = build_engine(args, args.compare_model, default_max_tokens=args.default_max_tokens)
+        contenders.append(Contender(compare_name, other))
+    arena = Arena(args.votes, contenders, max_pending=args.max_comparisons, ttl=args.comparison_ttl)
+    what = f"{name} against {compare_name}" if other else f"two samples of {name}"
+    log.info("Compare mode: %s; votes go to %s", what, args.votes)
+    return arena, other

@@ -24,7 +24,14 @@ import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
-from zephyr.data.schemas import FEATURES, check_kind, extra_columns, normalise_row, settle_types
+from zephyr.data.schemas import (
+    FEATURES,
+    UnpairedRules,
+    check_kind,
+    extra_columns,
+    normalise_rows,
+    settle_types,
+)
 from zephyr.errors import ConfigError, DataError, SplitNotFound, ZephyrError
 from zephyr.io import read_jsonl, write_dir_atomic, write_json, write_jsonl
 from zephyr.resources import resolve_resource
@@ -85,13 +92,15 @@ def load_rows(
     config: str | None = None,
     columns: list[str] | None = None,
     on_error: str = "raise",
+    rules: UnpairedRules | None = None,
 ) -> LoadResult:
     """Read ``spec`` and normalise every row to ``kind`` (see ``zephyr.data.schemas``).
 
     ``split`` picks a split of a saved DatasetDict, a directory of split files, a JSON object of split
     name -> rows, or a hub dataset; a single JSONL/Parquet file is one table and ignores it. ``columns``
     keeps only those raw columns before normalising. A bad row raises a DataError naming the file,
-    line (or row) and field, or with ``on_error="skip"`` is skipped and counted.
+    line (or row) and field, or with ``on_error="skip"`` is skipped and counted. ``rules`` label the rated
+    completions read as ``unpaired`` rows (default ``UnpairedRules()``).
     """
     check_kind(kind)
     if on_error not in ON_ERROR:
@@ -101,7 +110,11 @@ def load_rows(
     ):
         raise ConfigError(f"`columns` must be a list of column names; got {columns!r}")
     skips = _Skips(on_error)
-    parts = [_normalise(part, kind, columns, skips) for part in read_source(spec, split=split, config=config)]
+    rules = rules or UnpairedRules()
+    parts = [
+        _normalise(part, kind, columns, skips, rules)
+        for part in read_source(spec, split=split, config=config)
+    ]
     dataset = concat_rows(parts)
     if skips.count:
         log.warning("Skipped %d malformed row(s) of %s; the first: %s", skips.count, spec, skips.examples[0])
@@ -260,13 +273,13 @@ def _read_hub(spec: str, config: str | None, split: str | None) -> Dataset:
 # --- normalising -----------------------------------------------------------------------------------
 
 
-def _normalise(part, kind: str, columns: list[str] | None, skips: _Skips) -> Dataset:
+def _normalise(part, kind: str, columns: list[str] | None, skips: _Skips, rules: UnpairedRules) -> Dataset:
     if isinstance(part, _Records):
-        return _normalise_records(part, kind, columns, skips)
-    return _normalise_table(part, kind, columns, skips)
+        return _normalise_records(part, kind, columns, skips, rules)
+    return _normalise_table(part, kind, columns, skips, rules)
 
 
-def _normalise_records(part: _Records, kind: str, columns, skips: _Skips) -> Dataset:
+def _normalise_records(part: _Records, kind: str, columns, skips: _Skips, rules: UnpairedRules) -> Dataset:
     items = part.items
     if columns is not None:
         items = [
@@ -280,7 +293,7 @@ def _normalise_records(part: _Records, kind: str, columns, skips: _Skips) -> Dat
         try:
             if isinstance(raw, DataError):
                 raise raw
-            rows.append(normalise_row(kind, raw, loc, extras))
+            rows.extend(normalise_rows(kind, raw, loc, extras, rules))
         except DataError as err:
             skips.add(err)
     if not rows:
@@ -294,7 +307,7 @@ def _normalise_records(part: _Records, kind: str, columns, skips: _Skips) -> Dat
         ) from None
 
 
-def _normalise_table(part: _Table, kind: str, columns, skips: _Skips) -> Dataset:
+def _normalise_table(part: _Table, kind: str, columns, skips: _Skips, rules: UnpairedRules) -> Dataset:
     ds = part.dataset
     if columns is not None:
         missing = [c for c in columns if c not in ds.column_names]
@@ -306,11 +319,16 @@ def _normalise_table(part: _Table, kind: str, columns, skips: _Skips) -> Dataset
         ds = ds.select_columns(columns)
     extras = extra_columns(kind, ds.column_names)
     features = Features({**FEATURES[kind], **{k: ds.features[k] for k in extras}})
-    fingerprint = hashlib.sha256(repr((ds._fingerprint, kind, extras, skips.on_error)).encode()).hexdigest()[
-        :32
-    ]
+    key = (ds._fingerprint, kind, extras, skips.on_error) + ((rules,) if kind == "unpaired" else ())
+    fingerprint = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
     check = partial(
-        _normalise_batch, kind=kind, label=part.label, extras=extras, keys=tuple(features), skips=skips
+        _normalise_batch,
+        kind=kind,
+        label=part.label,
+        extras=extras,
+        keys=tuple(features),
+        skips=skips,
+        rules=rules,
     )
     return ds.map(
         check,
@@ -325,17 +343,20 @@ def _normalise_table(part: _Table, kind: str, columns, skips: _Skips) -> Dataset
     )
 
 
-def _normalise_batch(batch: dict, indices: list[int], *, kind, label, extras, keys, skips: _Skips) -> dict:
+def _normalise_batch(
+    batch: dict, indices: list[int], *, kind, label, extras, keys, skips: _Skips, rules: UnpairedRules
+) -> dict:
     out = {k: [] for k in keys}
     for j, index in enumerate(indices):
         raw = {name: values[j] for name, values in batch.items()}
         try:
-            row = normalise_row(kind, raw, {"source": label, "row": index}, extras)
+            rows = normalise_rows(kind, raw, {"source": label, "row": index}, extras, rules)
         except DataError as err:
             skips.add(err)
             continue
-        for k in keys:
-            out[k].append(row[k])
+        for row in rows:
+            for k in keys:
+                out[k].append(row[k])
     return out
 
 
@@ -368,6 +389,7 @@ def write_dataset_dir(
 
     def build(built: Path) -> None:
         empty = {k: [] for k in features}
+        # One shard for an empty split: datasets' default of none makes the whole dict fail to load.
         DatasetDict(
             {
                 name: Dataset.from_list(rows, features=features)
@@ -375,7 +397,7 @@ def write_dataset_dir(
                 else Dataset.from_dict(empty, features=features)
                 for name, rows in splits.items()
             }
-        ).save_to_disk(str(built))
+        ).save_to_disk(str(built), num_shards={name: 1 for name, rows in splits.items() if not rows})
         for name, rows in splits.items():
             write_jsonl(built / "jsonl" / f"{name}.jsonl", rows)
         write_json(built / report_name, report)

@@ -29,6 +29,7 @@ from zephyr.errors import ConfigError, SplitNotFound
 
 if TYPE_CHECKING:
     from zephyr.data.config import DataArguments
+    from zephyr.data.schemas import UnpairedRules
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,13 @@ MIXTURE_KEYS = ("datasets", "seed", "test_split_size")
 ENTRY_KEYS = ("id", "config", "split", "columns", "weight")
 
 
-def load_datasets(data_args: DataArguments, kind: str) -> DatasetDict:
-    """The train/test splits a recipe's data settings describe, cut to max_train/eval_samples."""
+def load_datasets(data_args: DataArguments, kind: str, rules: UnpairedRules | None = None) -> DatasetDict:
+    """The train/test splits a recipe's data settings describe, cut to max_train/eval_samples. ``rules`` label
+    rated completions read as ``unpaired`` rows."""
     if data_args.dataset_mixture is not None:
-        splits = load_mixture(data_args.dataset_mixture, kind, on_error=data_args.on_error)
+        splits = load_mixture(data_args.dataset_mixture, kind, on_error=data_args.on_error, rules=rules)
     elif data_args.dataset_name is not None:
-        splits = load_named(data_args, kind)
+        splits = load_named(data_args, kind, rules)
     elif data_args.dataset_mixer:
         splits = load_mixer(
             data_args.dataset_mixer,
@@ -49,6 +51,7 @@ def load_datasets(data_args: DataArguments, kind: str) -> DatasetDict:
             kind,
             configs=data_args.dataset_configs,
             on_error=data_args.on_error,
+            rules=rules,
         )
     else:
         raise ConfigError(
@@ -68,11 +71,11 @@ def load_datasets(data_args: DataArguments, kind: str) -> DatasetDict:
 # --- TRL's single dataset ---------------------------------------------------------------------------
 
 
-def load_named(data_args: DataArguments, kind: str) -> DatasetDict:
+def load_named(data_args: DataArguments, kind: str, rules: UnpairedRules | None = None) -> DatasetDict:
     """``dataset_name``'s train split and, when the source has splits and that one, its test split."""
     name, config = data_args.dataset_name, data_args.dataset_config
     out = DatasetDict()
-    read = dict(config=config, on_error=data_args.on_error)
+    read = dict(config=config, on_error=data_args.on_error, rules=rules)
     out["train"] = load_rows(name, kind, split=data_args.dataset_train_split, **read).dataset
     test = data_args.dataset_test_split
     if not has_splits(name):
@@ -96,13 +99,16 @@ def load_mixer(
     columns: list[str] | None = None,
     seed: int = 42,
     on_error: str = "raise",
+    rules: UnpairedRules | None = None,
 ) -> DatasetDict:
     """The handbook's ``dataset_mixer``: {id: fraction of each train split}; test splits are never cut."""
     configs = _check_mixer(dataset_mixer, splits, configs)
     train, test = [], []
     for (spec, fraction), config in zip(dataset_mixer.items(), configs, strict=True):
         for split in _splits_of(spec, splits):
-            ds = load_rows(spec, kind, split=split, config=config, columns=columns, on_error=on_error).dataset
+            ds = load_rows(
+                spec, kind, split=split, config=config, columns=columns, on_error=on_error, rules=rules
+            ).dataset
             if "train" in split:
                 train.append(ds.select(range(int(fraction * len(ds)))))
             else:
@@ -150,7 +156,9 @@ def _splits_of(spec: str, splits: list[str]) -> list[str]:
 # --- new form --------------------------------------------------------------------------------------
 
 
-def load_mixture(mixture: dict, kind: str, on_error: str = "raise") -> DatasetDict:
+def load_mixture(
+    mixture: dict, kind: str, on_error: str = "raise", rules: UnpairedRules | None = None
+) -> DatasetDict:
     """The handbook's ``dataset_mixture``: {datasets: [{id, config, split, columns, weight}], seed, test_split_size}."""
     entries, seed, test_size = _check_mixture(mixture)
     parts = []
@@ -162,6 +170,7 @@ def load_mixture(mixture: dict, kind: str, on_error: str = "raise") -> DatasetDi
             config=entry.get("config"),
             columns=entry.get("columns"),
             on_error=on_error,
+            rules=rules,
         ).dataset
         parts.append(_weighted(ds, entry.get("weight"), seed))
     combined = concat_rows(parts).shuffle(seed=seed)

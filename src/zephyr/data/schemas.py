@@ -4,23 +4,30 @@
 - ``preference``: ``{"prompt", "chosen", "rejected", "prompt_id", "score_chosen", "score_rejected"}``
   where the prompt ends with a user turn and chosen/rejected hold only what follows it (DPO).
 - ``prompt``: ``{"prompt_id", "messages"}`` ending with a user turn, for generation and evaluation.
+- ``unpaired``: ``{"prompt", "completion", "label", "prompt_id", "score"}``, one completion judged desirable
+  (``label`` true) or undesirable on its own (KTO). Read from TRL's unpaired rows, from preference pairs (one
+  row each side) and from rated completions (the `zephyr feedback` output: one row per scored completion,
+  labelled by ``UnpairedRules``).
 
 Each ``*_row`` function takes one raw row and ``loc`` (``source`` plus ``line`` or ``row``, passed on to
-every DataError) and returns the normalised row, or raises a DataError naming the field.
+every DataError) and returns the normalised row, or raises a DataError naming the field; ``normalise_rows``
+returns the list of rows one raw row becomes (several for the ``unpaired`` kind).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from datasets import Features, List, Value
 
 from zephyr.chat import validate_messages
+from zephyr.data.ratings import check_rated_version, completion_score, is_rated_row, prompt_of
 from zephyr.errors import ConfigError, DataError
 
-KINDS = ("conversation", "preference", "prompt")
+KINDS = ("conversation", "preference", "prompt", "unpaired")
 MESSAGES = List({"role": Value("string"), "content": Value("string")})
 FEATURES = {
     "conversation": Features({"messages": MESSAGES}),
@@ -35,6 +42,15 @@ FEATURES = {
         }
     ),
     "prompt": Features({"prompt_id": Value("string"), "messages": MESSAGES}),
+    "unpaired": Features(
+        {
+            "prompt": MESSAGES,
+            "completion": MESSAGES,
+            "label": Value("bool"),
+            "prompt_id": Value("string"),
+            "score": Value("float64"),
+        }
+    ),
 }
 # Columns a prompt row carries along when the source has them (MT-Bench and AlpacaEval bookkeeping),
 # with the Python types they may hold.
@@ -81,8 +97,22 @@ def normalise_row(kind: str, row: Any, loc: dict, extras: tuple[str, ...] = ()) 
         return preference_row(row, loc)
     if kind == "prompt":
         return {**prompt_row(row, loc), **_pass_through(row, extras, loc)}
+    if kind == "unpaired":
+        return unpaired_row(row, loc)
     check_kind(kind)
     raise AssertionError("unreachable")
+
+
+def normalise_rows(
+    kind: str, row: Any, loc: dict, extras: tuple[str, ...] = (), rules: UnpairedRules | None = None
+) -> list[dict]:
+    """The normal rows one raw row becomes: one, except for the ``unpaired`` kind, where a preference pair gives
+    two and a rated prompt one per scored completion (``rules`` say how scores become labels)."""
+    if kind != "unpaired":
+        return [normalise_row(kind, row, loc, extras)]
+    if not isinstance(row, dict):
+        raise DataError(f"must be an object (a mapping of column to value), got {type(row).__name__}", **loc)
+    return unpaired_rows(row, loc, rules or UnpairedRules())
 
 
 def _fail(loc: dict, field: str | None, reason: str):
@@ -296,4 +326,115 @@ def _pass_through(row: dict, extras: tuple[str, ...], loc: dict) -> dict:
         if key == "turns" and value is not None:
             _first_turn(value, loc)  # checks every turn is text
         out[key] = value
+    return out
+
+
+# --- unpaired (KTO) ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnpairedRules:
+    """How a rated completion becomes an unpaired row: desirable when its ``score_field`` score is at least
+    ``threshold``, undesirable below it; a completion without that score is left out.
+
+    ``threshold`` None is the scale's default: 7 for the 1-10 ``overall_score``, 4 for the 1-5 scales
+    (``fine-grained_score``, the mean of the aspect ratings, and each aspect's own rating). On UltraFeedback's
+    rubrics a 4 reads "mostly meets the goal with minor issues" and a 7 of 10 the same: replies at least that
+    good are the ones to reinforce, the rest the ones to move away from.
+    """
+
+    score_field: str = "fine-grained_score"
+    threshold: float | None = None
+
+    def cut(self) -> float:
+        if self.threshold is not None:
+            return float(self.threshold)
+        return 7.0 if self.score_field == "overall_score" else 4.0
+
+
+def unpaired_rows(row: dict, loc: dict, rules: UnpairedRules) -> list[dict]:
+    """TRL's unpaired row as it is; a preference pair as its chosen (desirable) and rejected (undesirable)
+    rows; a rated prompt as one row per completion that has a ``rules.score_field`` score."""
+    if is_rated_row(row) and row.get("completion") is None:
+        return rated_rows(row, loc, rules)
+    if row.get("completion") is None and (row.get("chosen") is not None or row.get("rejected") is not None):
+        pair = preference_row(row, loc)
+        return [
+            {
+                "prompt": pair["prompt"],
+                "completion": pair[side],
+                "label": side == "chosen",
+                "prompt_id": pair["prompt_id"],
+                "score": pair[f"score_{side}"],
+            }
+            for side in ("chosen", "rejected")
+        ]
+    return [unpaired_row(row, loc)]
+
+
+def unpaired_row(row: dict, loc: dict) -> dict:
+    """TRL's unpaired row: ``prompt`` (text or messages ending with a user turn), ``completion`` (text, or the
+    assistant turns that follow the prompt) and ``label`` (true: desirable)."""
+    if row.get("completion") is None:
+        _fail(
+            loc,
+            "completion",
+            "is missing: an unpaired row needs `prompt`, `completion` and `label` (TRL's unpaired form); "
+            "preference pairs (`chosen`/`rejected`) and rated prompts (`completions`) are read too",
+        )
+    prompt = _prompt_messages(_require(row, "prompt", loc), "prompt", loc)
+    completion = _reply(row["completion"], "completion", loc)
+    label = _require(row, "label", loc)
+    if not isinstance(label, bool):
+        _fail(loc, "label", f"must be true (desirable) or false (undesirable), got {type(label).__name__}")
+    return {
+        "prompt": prompt,
+        "completion": completion,
+        "label": label,
+        "prompt_id": _prompt_id(row, prompt, loc),
+        "score": _score(row, "score", loc),
+    }
+
+
+def _reply(value: Any, field: str, loc: dict) -> list[dict]:
+    """A completion as messages: a string is one assistant reply; a list holds the turns after the prompt,
+    from an assistant turn to an assistant turn."""
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": _text(value, field, loc)}]
+    if not isinstance(value, list):
+        _fail(loc, field, f"must be a string or a list of messages, got {type(value).__name__}")
+    if not value:
+        _fail(loc, field, "is empty")
+    validate_messages(value, field=field, need_assistant=True, first="assistant", **loc)
+    if value[-1]["role"] != "assistant":
+        _fail(loc, f"{field}[{len(value) - 1}].role", "must end with an assistant turn")
+    return _clean(value)
+
+
+def rated_rows(row: dict, loc: dict, rules: UnpairedRules) -> list[dict]:
+    """One unpaired row per completion of a rated prompt that has a score (unrated ones are left out, as
+    `binarize` leaves them out of its pairs), labelled desirable when the score reaches ``rules.cut()``."""
+    check_rated_version(row, loc)
+    try:
+        prompt = prompt_of(row)
+    except DataError as err:
+        raise DataError(err.reason, field=err.field, **loc) from None
+    field = "messages" if isinstance(row.get("messages"), list) else "prompt"
+    prompt = _prompt_messages(prompt, field, loc)
+    prompt_id = _prompt_id(row, prompt, loc)
+    cut, out = rules.cut(), []
+    for completion in row["completions"]:
+        score = completion_score(completion, rules.score_field)
+        response = completion.get("response") if isinstance(completion, dict) else None
+        if score is None or not isinstance(response, str) or not response.strip():
+            continue
+        out.append(
+            {
+                "prompt": prompt,
+                "completion": [{"role": "assistant", "content": response}],
+                "label": score >= cut,
+                "prompt_id": prompt_id,
+                "score": score,
+            }
+        )
     return out

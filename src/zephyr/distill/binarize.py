@@ -10,6 +10,11 @@ Filters: prompts with fewer than 2 rated completions are dropped; ``ties: drop``
 reply only among strictly lower scores; ``min_score_gap`` draws it only among replies at least that far
 below. A prompt left with no candidate is dropped. Every drop is counted by reason in the report.
 
+Human votes (``votes``: the votes file of `zephyr serve --votes`) are binarized instead of ``input``:
+each vote for A or B is one pair (see ``zephyr.distill.votes``); tie and both-bad votes, identical and
+empty replies are dropped and counted; ``test_size``, ``test_sft_size`` and ``seed`` split them as below
+(all votes on one conversation fall on the same side).
+
 Output (``output_dir``): a `datasets` DatasetDict with train_prefs/test_prefs/train_sft/test_sft/
 train_gen/test_gen, the same splits as ``jsonl/<split>.jsonl``, and ``binarize_report.json``; rows have
 the ultrafeedback_binarized shape (prompt, prompt_id, chosen, rejected, messages, score_chosen,
@@ -32,6 +37,7 @@ from typing import Any
 from zephyr.config import setting
 from zephyr.data import MESSAGES, source_rows, write_dataset_dir
 from zephyr.distill.pairing import SCORE_FIELDS, PairRules, pair_rows
+from zephyr.distill.votes import models_of, read_votes, vote_pairs
 from zephyr.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,11 @@ class BinarizeConfig:
         default="",
     )
     output_dir: str = setting("Directory to write (replaced whole when done).", default="")
+    votes: str = setting(
+        "A votes file of `zephyr serve --votes` to binarize instead of `input`: one pair per vote for A "
+        "or B; tie and both-bad votes are dropped (counted in the report).",
+        default="",
+    )
     score_field: str = setting(
         f"The score that ranks completions: {', '.join(SCORE_FIELDS)} (an aspect name "
         "means that aspect's rating).",
@@ -79,9 +90,11 @@ class BinarizeConfig:
     num_proc: int = setting("Processes for pairing (the result does not depend on it).", default=1)
 
     def __post_init__(self):
-        if not self.input or not self.output_dir:
+        if self.input and self.votes:
+            raise ConfigError("Give `input` (rated completions) or `votes` (a votes file), not both")
+        if not (self.input or self.votes) or not self.output_dir:
             raise ConfigError(
-                "`input` and `output_dir` are required (e.g. input: runs/demo/rated.jsonl, "
+                "`input` (or `votes`) and `output_dir` are required (e.g. input: runs/demo/rated.jsonl, "
                 "output_dir: runs/demo/prefs)"
             )
         if self.score_field not in SCORE_FIELDS:
@@ -178,6 +191,8 @@ def write_splits(splits: dict[str, list[dict]], report: dict, output_dir: Path) 
 
 def binarize(cfg: BinarizeConfig) -> BinarizeResult:
     """Run `zephyr binarize`."""
+    if cfg.votes:
+        return binarize_votes(cfg)
     rows, bad_lines = _read(cfg)
     results = make_pairs(rows, cfg)
     reasons = Counter(reason.split(":")[0] for _, reason in results)
@@ -214,6 +229,28 @@ def binarize(cfg: BinarizeConfig) -> BinarizeResult:
     return BinarizeResult(Path(cfg.output_dir), report)
 
 
+def binarize_votes(cfg: BinarizeConfig) -> BinarizeResult:
+    """`zephyr binarize --votes FILE`: the pairs of a votes file, split and written as for rated input."""
+    votes, problems = read_votes(cfg.votes)
+    pairs, dropped = vote_pairs(votes)
+    splits = build_splits(pairs, cfg)
+    report = {
+        "input": cfg.votes,
+        "source": "votes",
+        "settings": asdict(cfg),
+        "rows_read": len(votes),
+        "pairs": len(pairs),
+        "ties_kept": 0,
+        "dropped": dict(dropped),
+        "unreadable": {"lines": len(problems), "rows": 0, "examples": problems[:20]},
+        "splits": {name: len(r) for name, r in splits.items()},
+        "models": models_of(votes),
+        "mean_score_gap": 1.0 if pairs else None,
+    }
+    write_splits(splits, report, Path(cfg.output_dir))
+    return BinarizeResult(Path(cfg.output_dir), report)
+
+
 @dataclass
 class BinarizeResult:
     output_dir: Path
@@ -228,8 +265,9 @@ class BinarizeResult:
         dropped = ", ".join(f"{k} {v}" for k, v in r["dropped"].items() if v) or "none"
         splits = ", ".join(f"{k} {v}" for k, v in r["splits"].items())
         unreadable = r["unreadable"]["lines"] + r["unreadable"]["rows"]
+        unit = "votes" if r.get("source") == "votes" else "rows"
         return (
-            f"binarize: {r['pairs']} pairs from {r['rows_read']} rows ({r['ties_kept']} ties kept; dropped: "
+            f"binarize: {r['pairs']} pairs from {r['rows_read']} {unit} ({r['ties_kept']} ties kept; dropped: "
             f"{dropped}; {unreadable} unreadable) -> {self.output_dir} [{splits}]; "
             f"report: {self.output_dir / 'binarize_report.json'}"
         )

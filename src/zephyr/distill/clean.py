@@ -131,14 +131,24 @@ class CleanConfig:
 # ---- disclaimers ------------------------------------------------------------------------------------
 
 
+DISCLAIMER_PATTERNS = [re.compile(p, re.I) for p in DEFAULT_DISCLAIMERS]
+
+
+def disclaims(text: str, patterns: list[re.Pattern] = DISCLAIMER_PATTERNS) -> str | None:
+    """The disclaimer in ``text`` (the matched words), or None. `zephyr dialogue` uses it too: a user turn
+    that disclaims being an AI is the user simulator speaking as the assistant."""
+    text = text.replace("\u2019", "'")
+    for p in patterns:
+        if found := p.search(text):
+            return found.group(0)
+    return None
+
+
 def find_disclaimer(messages: list[dict], patterns: list[re.Pattern]) -> tuple[int, str] | None:
     """``(index, matched text)`` of the first assistant turn that disclaims, or None."""
     for i, m in enumerate(messages):
-        if m["role"] == "assistant":
-            text = m["content"].replace("\u2019", "'")
-            for p in patterns:
-                if found := p.search(text):
-                    return i, found.group(0)
+        if m["role"] == "assistant" and (found := disclaims(m["content"], patterns)):
+            return i, found
     return None
 
 
@@ -151,8 +161,8 @@ def cut_before(messages: list[dict], index: int) -> list[dict]:
 # ---- the pipeline -----------------------------------------------------------------------------------
 
 
-class _Report:
-    """Per-filter counts and a few examples."""
+class FilterReport:
+    """Per-filter counts and a few examples (also the per-reason report of `zephyr dialogue`)."""
 
     def __init__(self, keep_examples: int):
         self.filters: dict[str, dict] = {}
@@ -186,7 +196,7 @@ def _length_problem(cfg: CleanConfig, messages: list[dict], tokenizer) -> str | 
     return None
 
 
-def _fix_row(cfg: CleanConfig, messages: list[dict], report: _Report, ident: str) -> list[dict] | None:
+def _fix_row(cfg: CleanConfig, messages: list[dict], report: FilterReport, ident: str) -> list[dict] | None:
     """Truecasing and disclaimer removal on one dialogue; None when it is dropped."""
     if cfg.truecase:
         fixed, changed = truecase_messages(messages, cfg.truecase_roles)
@@ -253,7 +263,7 @@ def clean_split(
     cfg: CleanConfig, rows: list[list[dict]], contamination, tokenizer
 ) -> tuple[list[dict], dict]:
     """Clean one split's dialogues; returns the kept rows and the per-filter report."""
-    report, filters, kept = _Report(cfg.examples), _Filters(cfg, contamination, tokenizer), []
+    report, filters, kept = FilterReport(cfg.examples), _Filters(cfg, contamination, tokenizer), []
     for messages in rows:
         first_user = next(m["content"] for m in messages if m["role"] == "user")
         ident = prompt_id_of(first_user)

@@ -29,6 +29,7 @@ from zephyr.distill.rubrics import (
     repair_messages,
 )
 from zephyr.distill.runner import StageResult, run_stage
+from zephyr.distill.shards import parse_shard, shard_setting
 from zephyr.distill.verdicts import Verdict, parse_overall, parse_ratings, problems
 from zephyr.errors import ConfigError, DataError
 from zephyr.generation.backends import Backend, BackendPool, parse_spec
@@ -79,8 +80,10 @@ class FeedbackConfig:
         default=False,
     )
     progress: bool = setting("Show a progress bar.", default=True)
+    shard: str | None = shard_setting()
 
     def __post_init__(self):
+        parse_shard(self.shard)
         if not self.input or not self.output or not self.judge:
             raise ConfigError(
                 "`input`, `output` and `judge` are required (e.g. input: runs/demo/completions.jsonl, "
@@ -291,8 +294,9 @@ def feedback(cfg: FeedbackConfig) -> StageResult:
             bad_input=bad,
             progress=cfg.progress,
             redo=nothing_read if cfg.retry_unreadable else None,
+            shard=cfg.shard,
         )
-    log.info("feedback: %s", parse_rates(cfg.output))
+    log.info("feedback: %s", parse_rates(result.output))
     return result
 
 

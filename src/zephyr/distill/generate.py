@@ -30,6 +30,7 @@ from zephyr.distill.principles import (
 )
 from zephyr.distill.records import SCHEMA_VERSION, Completion, PromptRecord
 from zephyr.distill.runner import StageResult, run_stage
+from zephyr.distill.shards import parse_shard, shard_setting
 from zephyr.errors import ConfigError, DataError
 from zephyr.generation.backends import BackendPool, parse_spec
 from zephyr.generation.params import SamplingParams
@@ -38,23 +39,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TeacherConfig:
-    """One member of the teacher pool: a backend plus how to sample from it."""
+class SamplerConfig:
+    """A model that writes text for a stage: a backend plus how to sample from it (the teachers here; the
+    user simulator and the teachers of `zephyr dialogue`)."""
 
     backend: str | dict = setting(
         "Backend spec: a local model spec, or {type, model, base_url, ...} (see zephyr.generation.backends)."
     )
     name: str | None = setting(
-        "Teacher name recorded with each completion. Default: `<model>@t<temperature>`.", default=None
+        "Name recorded with each text it writes. Default: `<model>@t<temperature>`.", default=None
     )
     temperature: float = setting("Sampling temperature (0: greedy).", default=1.0)
     top_p: float = setting("Nucleus sampling mass.", default=1.0)
-    max_tokens: int = setting("Longest completion in tokens.", default=512)
+    max_tokens: int = setting("Longest reply in tokens.", default=512)
     stop: list[str] = setting("Extra stop strings (generation always stops at EOS).", default_factory=list)
-    principles: dict[str, float] | None = setting(
-        "Principle weights for this teacher, overriding `principles_by_category` and `principles`.",
-        default=None,
-    )
 
     def __post_init__(self):
         self.spec = parse_spec(self.backend)
@@ -69,6 +67,16 @@ class TeacherConfig:
             stop=tuple(self.stop),
             seed=seed,
         )
+
+
+@dataclass
+class TeacherConfig(SamplerConfig):
+    """One member of the teacher pool: a backend plus how to sample from it."""
+
+    principles: dict[str, float] | None = setting(
+        "Principle weights for this teacher, overriding `principles_by_category` and `principles`.",
+        default=None,
+    )
 
 
 @dataclass
@@ -113,8 +121,10 @@ class GenerateConfig:
     )
     on_error: str = on_error_setting("skip")
     progress: bool = setting("Show a progress bar.", default=True)
+    shard: str | None = shard_setting()
 
     def __post_init__(self):
+        parse_shard(self.shard)
         if not self.prompts or not self.output:
             raise ConfigError(
                 "`prompts` and `output` are required (e.g. prompts: zephyr:demo_prompts, "
@@ -166,16 +176,21 @@ class GenerateConfig:
 
 
 def _teacher(raw: Any, i: int) -> TeacherConfig:
+    return parse_sampler(TeacherConfig, raw, f"teachers[{i}]")
+
+
+def parse_sampler(cls: type, raw: Any, where: str):
+    """A SamplerConfig (sub)class from a backend spec string or a mapping; errors name ``where``."""
     if isinstance(raw, str):
         raw = {"backend": raw}
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"`teachers[{i}]` must be a mapping such as {{backend: MODEL, temperature: 0.7}}; got {raw!r}"
+            f"`{where}` must be a mapping such as {{backend: MODEL, temperature: 0.7}}; got {raw!r}"
         )
     try:
-        return parse_config([TeacherConfig], None, dict(raw))[0]
+        return parse_config([cls], None, dict(raw))[0]
     except ConfigError as exc:
-        raise ConfigError(f"`teachers[{i}]`: {exc}") from None
+        raise ConfigError(f"`{where}`: {exc}") from None
 
 
 # ---- prompts ----------------------------------------------------------------------------------------
@@ -328,4 +343,5 @@ def generate(cfg: GenerateConfig) -> StageResult:
             settings=cfg.settings(),
             bad_input=bad,
             progress=cfg.progress,
+            shard=cfg.shard,
         )

@@ -6,17 +6,16 @@ machinery): the choice depends on the row, the rules and the seed, never on the 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from zephyr.data.ratings import SCORE_FIELDS, completion_score, prompt_of
 from zephyr.data.schemas import prompt_id_of
 from zephyr.distill.principles import stable_rng
 from zephyr.distill.records import check_schema
-from zephyr.distill.rubrics import ASPECTS
 from zephyr.errors import DataError
 
-SCORE_FIELDS = ("fine-grained_score", "overall_score", *ASPECTS)
+__all__ = ["SCORE_FIELDS", "PairRules", "completion_score", "pair_row", "pair_rows", "prompt_of"]
 
 
 @dataclass(frozen=True)
@@ -28,49 +27,6 @@ class PairRules:
     min_score_gap: float = 0.0
     exclude_sources: tuple[str, ...] = field(default_factory=tuple)
     seed: int = 42
-
-
-def completion_score(completion: Any, score_field: str) -> float | None:
-    """A completion's score, or None when it has no valid one. Reads our rows and UltraFeedback's
-    (``fine-grained_score``; ``annotations.<aspect>.Rating`` as a string, "N/A" when unrated)."""
-    if not isinstance(completion, dict):
-        return None
-    if score_field in ASPECTS:
-        return _aspect_rating(completion, score_field)
-    value = completion.get(score_field)
-    if value is None and score_field == "fine-grained_score":
-        ratings = [_aspect_rating(completion, a) for a in (completion.get("annotations") or {})]
-        value = sum(ratings) / len(ratings) if ratings and None not in ratings else None
-    return _number(value)
-
-
-def _aspect_rating(completion: dict, aspect: str) -> float | None:
-    annotation = (completion.get("annotations") or {}).get(aspect)
-    if not isinstance(annotation, dict):
-        return None
-    return _number(annotation.get("rating", annotation.get("Rating")))
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return None  # "N/A"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def prompt_of(row: dict) -> list[dict]:
-    """The prompt messages of a rated row: ``messages`` (ours) or ``prompt``/``instruction`` text."""
-    messages = row.get("messages")
-    if isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages):
-        return [{"role": m["role"], "content": m["content"]} for m in messages]
-    text = row.get("prompt") if isinstance(row.get("prompt"), str) else row.get("instruction")
-    if not isinstance(text, str) or not text.strip():
-        raise DataError("has no prompt (`messages`, `prompt` or `instruction`)", field="prompt")
-    return [{"role": "user", "content": text}]
 
 
 def pair_row(row: dict, cfg: PairRules) -> tuple[dict | None, str]:

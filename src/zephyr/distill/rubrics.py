@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zephyr.data.ratings import ASPECTS as ASPECTS  # the aspect names rated rows carry (re-exported)
+
 RUBRIC_VERSION = 1  # bump when a wording changes: a feedback run must not resume across rubric versions
-ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 
 
 @dataclass(frozen=True)

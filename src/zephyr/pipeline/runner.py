@@ -1,7 +1,8 @@
 """`zephyr run RECIPE.yaml`: the whole recipe as one resumable sequence of stages.
 
 A pipeline recipe has a ``run_dir`` and one section per stage (generate, feedback, binarize, clean,
-sft, dpo, eval, report, export; any subset, in that order). Each section holds that stage's own recipe
+sft, one alignment stage of dpo, kto, orpo, cpo or simpo, eval, report, export; any subset, in that order).
+Each section holds that stage's own recipe
 keys; what a stage needs from an earlier one (its input data, its starting model) is filled in when
 the section leaves it out (``zephyr.pipeline.stages``). Every stage runs as its own subcommand,
 ``zephyr STAGE run_dir/STAGE/recipe.yaml``, so a stage of a pipeline and the same command run by hand
@@ -36,7 +37,7 @@ from zephyr.config import check_keys, load_yaml
 from zephyr.errors import ConfigError, ZephyrError
 from zephyr.io import output_lock, read_json, write_atomic, write_json
 from zephyr.pipeline.keys import input_digests, stage_key
-from zephyr.pipeline.stages import STAGES, PipelineContext, StageSpec
+from zephyr.pipeline.stages import ALIGNMENT_STAGES, STAGES, PipelineContext, StageSpec
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,12 @@ def load_plan(recipe_path: str | Path, overrides: dict | None = None) -> Plan:
     stages = [(STAGES[name], raw[name] or {}) for name in STAGES if name in raw]
     if not stages:
         raise ConfigError(f"{path}: no stage sections; expected some of {', '.join(STAGES)}")
+    aligned = [name for name in ALIGNMENT_STAGES if name in raw]
+    if len(aligned) > 1:
+        raise ConfigError(
+            f"{path}: one alignment stage per pipeline (eval and export take its model); got sections "
+            f"{', '.join(aligned)}"
+        )
     processes = raw.get("processes", 1)
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ConfigError(f"{path}: `processes` must be a whole number >= 1; got {processes!r}")

@@ -32,6 +32,7 @@ class PipelineContext:
     run_dir: Path
     outputs: dict[str, dict] = field(default_factory=dict)  # stage -> {output name: path}
     keys: dict[str, str] = field(default_factory=dict)  # stage -> its key
+    settings: dict[str, dict] = field(default_factory=dict)  # stage -> its wired section
 
     def stage_dir(self, name: str) -> Path:
         return self.run_dir / name
@@ -72,6 +73,7 @@ class StageSpec:
                 section[need.key] = ctx.upstream(need.stages, need.output, self.name)
         if self.extra is not None:
             self.extra(section, ctx)
+        ctx.settings[self.name] = section
         return section
 
     def outputs(self, stage_dir: Path, settings: dict) -> dict[str, str]:
@@ -85,14 +87,35 @@ def _has_data(section: dict) -> bool:
 
 def _sft_data(section: dict, ctx: PipelineContext) -> None:
     if not _has_data(section):
-        section["dataset_mixer"] = {ctx.upstream(("clean", "binarize"), "data", "sft"): 1.0}
-        section["dataset_splits"] = ["train_sft", "test_sft"]
+        data = ctx.upstream(("clean", "dialogue", "binarize"), "data", "sft")
+        section["dataset_mixer"] = {data: 1.0}
+        # clean writes the splits it read (one file: `train_sft` alone); dialogue's single file trains only.
+        cleaned = ctx.outputs.get("clean", {}).get("data") == data
+        splits = (ctx.settings["clean"].get("splits") or ["train_sft"]) if cleaned else []
+        section["dataset_splits"] = list(splits) or ["train_sft", "test_sft"]
+        # The wiring chose the old mixer form, not the recipe: no handbook script's packing applies.
+        section.setdefault("packing", False)
 
 
-def _dpo_data(section: dict, ctx: PipelineContext) -> None:
-    if not _has_data(section):
-        section["dataset_mixer"] = {ctx.upstream(("binarize",), "data", "dpo"): 1.0}
+# The alignment stages: each trains the sft stage's model (or its section's own model_name_or_path) on the
+# binarized preference pairs as `zephyr NAME` does (kto on the feedback stage's rated completions when the
+# recipe has that stage: each becomes a desirable or undesirable row); a pipeline has at most one.
+ALIGNMENT_STAGES = ("dpo", "kto", "orpo", "cpo", "simpo")
+
+
+def _pair_data(stage: str) -> Callable[[dict, PipelineContext], None]:
+    def wire(section: dict, ctx: PipelineContext) -> None:
+        if _has_data(section):
+            return
+        rated = ctx.outputs.get("feedback", {}).get("rated")
+        if stage == "kto" and rated is not None:
+            section["dataset_mixer"] = {rated: 1.0}
+            section["dataset_splits"] = ["train"]  # one file of rated prompts: training rows only
+            return
+        section["dataset_mixer"] = {ctx.upstream(("binarize",), "data", stage): 1.0}
         section["dataset_splits"] = ["train_prefs", "test_prefs"]
+
+    return wire
 
 
 EVAL_BENCHMARKS = ("mt_bench", "alpaca", "prefs")
@@ -100,7 +123,7 @@ EVAL_BENCHMARKS = ("mt_bench", "alpaca", "prefs")
 
 def _eval_sections(section: dict, ctx: PipelineContext) -> None:
     """Evaluate the last trained model; prefs compares it with the SFT model on the held-out pairs."""
-    trained = next((ctx.outputs[s]["model"] for s in ("dpo", "sft") if s in ctx.outputs), None)
+    trained = next((ctx.outputs[s]["model"] for s in (*ALIGNMENT_STAGES, "sft") if s in ctx.outputs), None)
     for name in section:
         if name not in EVAL_BENCHMARKS:
             raise ConfigError(
@@ -116,7 +139,7 @@ def _eval_sections(section: dict, ctx: PipelineContext) -> None:
         if name == "prefs":
             if "binarize" in ctx.outputs:
                 settings.setdefault("data", ctx.outputs["binarize"]["data"])
-            if "sft" in ctx.outputs and "dpo" in ctx.outputs:
+            if "sft" in ctx.outputs and any(s in ctx.outputs for s in ALIGNMENT_STAGES):
                 settings.setdefault("ref_model", ctx.outputs["sft"]["model"])
         section[name] = settings
 
@@ -126,6 +149,7 @@ RESUME_TRAINING = {"resume_from_checkpoint": True}
 STAGES: dict[str, StageSpec] = {
     spec.name: spec
     for spec in (
+        StageSpec("dialogue", "output", "dialogues.jsonl", "data"),
         StageSpec("generate", "output", "completions.jsonl", "completions"),
         StageSpec(
             "feedback",
@@ -148,37 +172,42 @@ STAGES: dict[str, StageSpec] = {
             "output_dir",
             "data",
             "data",
-            inputs=(Input("input", ("binarize",), "data"),),
-            reads=("binarize",),
+            inputs=(Input("input", ("dialogue", "binarize"), "data"),),
+            reads=("dialogue", "binarize"),
         ),
         StageSpec(
             "sft",
             "output_dir",
             "model",
             "model",
-            reads=("binarize", "clean"),
+            reads=("dialogue", "binarize", "clean"),
             trains=True,
             resume_settings=RESUME_TRAINING,
             extra=_sft_data,
         ),
-        StageSpec(
-            "dpo",
-            "output_dir",
-            "model",
-            "model",
-            inputs=(Input("model_name_or_path", ("sft",), "model"),),
-            reads=("sft", "binarize"),
-            trains=True,
-            resume_settings=RESUME_TRAINING,
-            extra=_dpo_data,
+        *(
+            StageSpec(
+                name,
+                "output_dir",
+                "model",
+                "model",
+                inputs=(Input("model_name_or_path", ("sft",), "model"),),
+                reads=("sft", "feedback", "binarize") if name == "kto" else ("sft", "binarize"),
+                trains=True,
+                resume_settings=RESUME_TRAINING,
+                extra=_pair_data(name),
+            )
+            for name in ALIGNMENT_STAGES
         ),
-        StageSpec("eval", None, "", "results", reads=("sft", "dpo", "binarize"), extra=_eval_sections),
+        StageSpec(
+            "eval", None, "", "results", reads=("sft", *ALIGNMENT_STAGES, "binarize"), extra=_eval_sections
+        ),
         StageSpec(
             "report",
             "output_dir",
             "",
             "html",
-            reads=("sft", "dpo", "eval"),
+            reads=("sft", *ALIGNMENT_STAGES, "eval"),
             extra=lambda section, ctx: section.setdefault("run_dir", str(ctx.run_dir)),
             product_file="index.html",
         ),
@@ -187,8 +216,8 @@ STAGES: dict[str, StageSpec] = {
             "output_dir",
             "model",
             "export",
-            inputs=(Input("model", ("dpo", "sft"), "model"),),
-            reads=("sft", "dpo"),
+            inputs=(Input("model", (*ALIGNMENT_STAGES, "sft"), "model"),),
+            reads=("sft", *ALIGNMENT_STAGES),
         ),
     )
 }

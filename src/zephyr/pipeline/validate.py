@@ -3,6 +3,7 @@ local paths and model specs that no earlier stage produces checked offline, befo
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from zephyr.config import parse_config
@@ -51,7 +52,14 @@ def training_classes(stage: str) -> list[type] | None:
     from zephyr.models import ModelArguments
     from zephyr.train import config
 
-    trainer_config = {"sft": config.SFTConfig, "dpo": config.DPOConfig}.get(stage)
+    trainer_config = {
+        "sft": config.SFTConfig,
+        "dpo": config.DPOConfig,
+        "kto": config.KTOConfig,
+        "orpo": config.ORPOConfig,
+        "cpo": config.CPOConfig,
+        "simpo": config.SimPOConfig,
+    }.get(stage)
     return None if trainer_config is None else [ModelArguments, DataArguments, trainer_config]
 
 
@@ -74,6 +82,11 @@ def validate_sft(settings: dict, upstream_paths: list[str]) -> None:
 
 def validate_dpo(settings: dict, upstream_paths: list[str]) -> None:
     _validate_training(training_classes("dpo"), settings, upstream_paths)
+
+
+def validate_training(stage: str, settings: dict, upstream_paths: list[str]) -> None:
+    """Any training stage (the reference-free alignment stages use this one)."""
+    _validate_training(training_classes(stage), settings, upstream_paths)
 
 
 def _parse(classes, settings: dict) -> None:
@@ -106,6 +119,15 @@ def validate_generate(settings: dict, produced: list[str]) -> None:
     _check_path(settings.get("prompts"), produced, "prompts")
     for teacher in settings.get("teachers") or []:
         _check_backend(teacher.get("backend") if isinstance(teacher, dict) else teacher, produced)
+
+
+def validate_dialogue(settings: dict, produced: list[str]) -> None:
+    from zephyr.distill.dialogue import DialogueConfig
+
+    _parse([DialogueConfig], settings)
+    _check_path(settings.get("seeds"), produced, "seeds")
+    for sampler in [settings.get("simulator"), *(settings.get("teachers") or [])]:
+        _check_backend(sampler.get("backend") if isinstance(sampler, dict) else sampler, produced)
 
 
 def validate_feedback(settings: dict, produced: list[str]) -> None:
@@ -171,12 +193,14 @@ def validate_export(settings: dict, produced: list[str]) -> None:
 
 
 VALIDATORS = {
+    "dialogue": validate_dialogue,
     "generate": validate_generate,
     "feedback": validate_feedback,
     "binarize": validate_binarize,
     "clean": validate_clean,
     "sft": validate_sft,
     "dpo": validate_dpo,
+    **{stage: functools.partial(validate_training, stage) for stage in ("kto", "orpo", "cpo", "simpo")},
     "eval": validate_eval,
     "report": validate_report,
     "export": validate_export,

@@ -9,7 +9,9 @@ whatever stages have run:
   a radar chart of per-category scores, one polygon per model, and the score table; pairwise
   judgments (``*_pair.jsonl``) as a win-rate table;
 - AlpacaEval from every ``annotations.json``: win rates with standard-error bars;
-- a sample of generations from ``model_answer/*.jsonl`` and ``model_outputs.json``.
+- a sample of generations from ``model_answer/*.jsonl`` and ``model_outputs.json``;
+- human votes, when ``votes`` names votes files (`zephyr serve --votes`): per-model win rates with
+  Wilson 95% intervals (ties count half) and, with more than two models, Bradley-Terry scores.
 
 Judgment and annotation files from elsewhere (another run, a published leaderboard) can be added with
 ``mt_bench`` and ``alpaca`` to compare models on the same charts. Charts are drawn by ``plots``; the page
@@ -38,11 +40,13 @@ def report(
     title: str | None = None,
     *,
     output: str | Path | None = None,
+    votes: list[str] = (),
 ) -> Path:
     """Build the report for ``run_dir`` into ``output_dir`` (default RUN_DIR/report); returns index.html.
 
     ``mt_bench`` and ``alpaca`` are more judgment / annotations files to compare, ``samples`` the number
-    of generations shown per source, ``title`` the page title (default: the run directory's name).
+    of generations shown per source, ``title`` the page title (default: the run directory's name),
+    ``votes`` votes files to tally.
     ``output`` is the old name of ``output_dir``, still accepted (recipes and callers may use it).
     """
     # Imported here, not at the top: `collect` and `render` are also this package's submodule names, and
@@ -60,7 +64,7 @@ def report(
         raise ConfigError(f"Run directory not found: {run_dir}")
     out = Path(output_dir) if output_dir else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    results = collect(run_dir, list(mt_bench), list(alpaca), samples)
+    results = collect(run_dir, list(mt_bench), list(alpaca), samples, list(votes))
     page = render(results, out, title or run_dir.resolve().name, run_dir)
     path = out / "index.html"
     write_atomic(path, page)

@@ -51,6 +51,15 @@ class AlpacaResult:
 
 
 @dataclass
+class VoteResult:
+    """The tally of one votes file, as ``zephyr.evaluate.votes.tally_votes`` returns it."""
+
+    label: str
+    summary: dict  # has "models": model -> {wins, losses, ties, win_rate, ci_low, ...}, "bradley_terry"
+    unreadable: int = 0
+
+
+@dataclass
 class Sample:
     """One conversation: the user's turns and the model's replies (there may be fewer replies)."""
 
@@ -75,9 +84,13 @@ class RunResults:
     pairwise: list[PairwiseResult]
     alpaca: list[AlpacaResult]
     samples: list[SampleGroup]
+    votes: list[VoteResult] = field(default_factory=list)
+    votes_given: bool = False  # the page has a votes section only when votes files were asked for
 
 
-def collect(run_dir: Path, mt_bench: list[str], alpaca: list[str], samples: int) -> RunResults:
+def collect(
+    run_dir: Path, mt_bench: list[str], alpaca: list[str], samples: int, votes: list[str] = ()
+) -> RunResults:
     singles, pairs = mt_bench_results(run_dir, mt_bench)
     return RunResults(
         curves=training_curves(run_dir),
@@ -85,6 +98,8 @@ def collect(run_dir: Path, mt_bench: list[str], alpaca: list[str], samples: int)
         pairwise=pairs,
         alpaca=alpaca_results(run_dir, alpaca),
         samples=generation_samples(run_dir, samples),
+        votes=vote_results(run_dir, list(votes)),
+        votes_given=bool(votes),
     )
 
 
@@ -177,6 +192,24 @@ def alpaca_results(run_dir: Path, extra: list[str]) -> list[AlpacaResult]:
             out.append(AlpacaResult(_label(path, run_dir), win_rates(load_annotations(path), str(path))))
         except ZephyrError as exc:
             log.warning("Skipping %s: %s", path, exc)
+    return out
+
+
+def vote_results(run_dir: Path, paths: list[str]) -> list[VoteResult]:
+    """The tally of each votes file given (a file that cannot be read is skipped with a warning)."""
+    from zephyr.distill.votes import read_votes
+    from zephyr.evaluate.votes import tally_votes
+
+    out = []
+    for path in map(Path, paths):
+        try:
+            votes, problems = read_votes(path)
+        except ZephyrError as exc:
+            log.warning("Skipping %s: %s", path, exc)
+            continue
+        if problems:
+            log.warning("%s: %d unreadable line(s); the first: %s", path, len(problems), problems[0])
+        out.append(VoteResult(_label(path, run_dir), tally_votes(votes), len(problems)))
     return out
 
 

@@ -20,5 +20,10 @@ class ReportConfig:
         "More MT-Bench judgment files (FastChat format) to compare.", default_factory=list
     )
     alpaca: list[str] = setting("More AlpacaEval annotations files to compare.", default_factory=list)
+    votes: list[str] = setting(
+        "Votes files of `zephyr serve --votes` to tally: win rates with 95% intervals, and Bradley-Terry "
+        "scores when more than two models were compared.",
+        default_factory=list,
+    )
     samples: int = setting("Generations shown per source.", 4, ge=0)
     title: str | None = setting("Page title. Default: the run directory's name.", None)

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from zephyr.io import write_atomic
-from zephyr.report.collect import AlpacaResult, Curves, MTBenchResult
+from zephyr.report.collect import AlpacaResult, Curves, MTBenchResult, VoteResult
 
 # (metric logged by the trainers, chart title); the PNG is training_<metric with / as _>.png.
 TRAINING_METRICS = (
@@ -127,5 +127,38 @@ def plot_win_rates(results: list[AlpacaResult], path: Path) -> bool:
         ax.text(
             1.5, i, f"{rate:.2f} ± {error:.2f}", va="center", fontsize=9, color="white", fontweight="bold"
         )
+    _save(fig, path)
+    return True
+
+
+def plot_vote_win_rates(results: list[VoteResult], path: Path) -> bool:
+    """Human-vote win rates as horizontal bars with their 95% Wilson intervals, 50% marked."""
+    rows = [
+        (
+            m if len(results) == 1 else f"{m} ({r.label})",
+            100 * v["win_rate"],
+            100 * v["ci_low"],
+            100 * v["ci_high"],
+        )
+        for r in results
+        for m, v in r.summary["models"].items()
+        if v["win_rate"] is not None
+    ]
+    if not rows:
+        return False
+    fig = _figure(7.0, max(2.6, 1.2 + 0.5 * len(rows)))
+    ax = fig.add_subplot()
+    names, rates, lows, highs = zip(*rows, strict=True)
+    whiskers = [
+        [r - lo for r, lo in zip(rates, lows, strict=True)],
+        [hi - r for r, hi in zip(rates, highs, strict=True)],
+    ]
+    ax.barh(range(len(rows)), rates, height=0.6, xerr=whiskers, color="#59a14f", capsize=4)
+    ax.set_yticks(range(len(rows)), names)
+    ax.invert_yaxis()  # in the order of the table below the chart
+    ax.set_xlim(0, 100)
+    ax.axvline(50, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("win rate against the other models (%), ties count half; 95% Wilson interval")
+    ax.set_title("Human votes")
     _save(fig, path)
     return True

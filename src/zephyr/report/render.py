@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from zephyr.report import plots
-from zephyr.report.collect import AlpacaResult, Curves, MTBenchResult, PairwiseResult, RunResults
+from zephyr.report.collect import AlpacaResult, Curves, MTBenchResult, PairwiseResult, RunResults, VoteResult
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ def render(results: RunResults, out: Path, title: str, run_dir: Path) -> str:
         mt_bench=_mt_bench(results.mt_bench, results.pairwise, out),
         alpaca=_alpaca(results.alpaca, out),
         samples=results.samples,
+        votes=_votes(results.votes, out) if results.votes_given else None,
     )
 
 
@@ -98,3 +99,39 @@ def _alpaca(results: list[AlpacaResult], out: Path) -> dict:
         for m, v in r.summary["models"].items()
     ]
     return {"found": True, "chart": chart, "rows": rows}
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else 100 * value
+
+
+def _votes(results: list[VoteResult], out: Path) -> dict:
+    chart = None
+    if results and plots.plot_vote_win_rates(results, out / "votes_win_rates.png"):
+        chart = Chart("chart-votes-win-rates", "votes_win_rates.png", "Win rates from human votes")
+    return {"chart": chart, "files": [_vote_file(r) for r in results]}
+
+
+def _vote_file(result: VoteResult) -> dict:
+    """One votes file's counts, win-rate rows and Bradley-Terry rows (strongest first)."""
+    s, bt = result.summary, result.summary["bradley_terry"]
+    rows = [
+        [m, v["comparisons"], v["wins"], v["losses"], v["ties"], v["both_bad"]]
+        + [_percent(v[k]) for k in ("win_rate", "ci_low", "ci_high")]
+        for m, v in s["models"].items()
+    ]
+    bt_rows = [[m, b["rating"], b["strength"]] for m, b in (bt["models"].items() if bt else [])]
+    bt_rows.sort(key=lambda row: -row[2])
+    counts = (
+        f"{s['votes']} votes: A {s['a']}, B {s['b']}, tie {s['tie']}, both bad {s['both_bad']}; "
+        f"{s['same_model']} compared a model with itself (not in the win rates)"
+        + (f"; {result.unreadable} unreadable lines skipped" if result.unreadable else "")
+    )
+    return {
+        "label": result.label,
+        "counts": counts,
+        "rows": rows,
+        "bt": bt_rows,
+        "connected": bt["connected"] if bt else True,
+        "prior": f"{bt['prior_ties']:g}" if bt else "",
+    }

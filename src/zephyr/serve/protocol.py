@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from zephyr.chat import validate_messages
+from zephyr.errors import DataError
 from zephyr.generation.params import MAX_TOP_LOGPROBS, SamplingParams
 
 MAX_N = 16
@@ -153,6 +155,35 @@ class CompletionRequest(SamplingRequest):
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+
+
+class CompareRequest(APIModel):
+    """POST /v1/compare: two replies to one conversation, for a blind vote (zephyr's own route)."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    seed: int | None = Field(None, ge=0, le=INT64 - 2)  # the second reply samples with seed + 1
+
+    @model_validator(mode="after")
+    def _ends_with_a_user_turn(self):
+        try:
+            validate_messages(self.conversation(), need_assistant=False)
+        except DataError as exc:
+            raise ValueError(f"{exc.reason} (at `{exc.field}`)") from None
+        if self.messages[-1].role != "user":
+            raise ValueError("the conversation must end with the user turn both replies answer")
+        return self
+
+    def conversation(self) -> list[dict]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+
+class VoteRequest(APIModel):
+    """POST /v1/compare/{id}/vote: which reply was better."""
+
+    choice: Literal["a", "b", "tie", "both_bad"]
 
 
 # ---- responses --------------------------------------------------------------------------------------
@@ -292,6 +323,45 @@ class ModelCard(APIModel):
 class ModelList(APIModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class CompareReply(APIModel):
+    label: Literal["a", "b"]
+    content: str
+    finish_reason: str
+
+
+class Comparison(APIModel):
+    """Two replies in the positions to show them; which model wrote which stays with the server until
+    the vote is stored."""
+
+    id: str
+    object: Literal["compare"] = "compare"
+    created: int = Field(default_factory=now)
+    replies: list[CompareReply]
+
+
+class VoteResult(APIModel):
+    """A stored vote, with the models revealed. ``replayed``: this vote was stored by an earlier request
+    (a double click or a retry), which this one did not change."""
+
+    id: str
+    object: Literal["compare.vote"] = "compare.vote"
+    choice: str
+    models: dict[str, str]  # "a" and "b" -> model id
+    chosen_model: str | None
+    rejected_model: str | None
+    timestamp: float
+    replayed: bool = False
+
+
+class CompareInfo(APIModel):
+    """GET /v1/compare: whether this server compares, how many models, how many votes it has stored."""
+
+    object: Literal["compare.info"] = "compare.info"
+    enabled: bool
+    models: int = 0
+    votes: int = 0
 
 
 class ErrorInfo(APIModel):

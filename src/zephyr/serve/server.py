@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP API and the chat page, on FastAPI.
 
-Routes: ``GET /`` (chat page) and ``GET /health`` are public; everything under ``/v1`` and the API
+Routes: ``GET /`` (chat page) and ``GET /health`` are public; everything under ``/v1`` (compare mode's
+``/v1/compare`` routes too, see ``compare``) and the API
 schema (``GET /openapi.json``; no /docs pages) sit behind routers whose one dependency checks the API
 key, so no route can forget it. Every error, whoever raises it, goes through ``error_response`` and
 leaves as OpenAI's error envelope. In front of it all, ``limits.RequestGuard`` checks the Host header,
@@ -30,10 +31,12 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from zephyr.distill.votes import Reply
 from zephyr.errors import ZephyrError
 from zephyr.generation.engine import Completion, Engine, EngineClosed, EngineOverloaded, RequestHandle
 from zephyr.generation.params import InvalidRequest
 from zephyr.serve import protocol as api
+from zephyr.serve.compare import Arena, CompareOff, ComparisonNotFound
 from zephyr.serve.limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -59,6 +62,8 @@ class ModelNotFound(InvalidRequest):
 ERRORS: list[tuple[type[BaseException], int, str, str | None]] = [
     (RequestValidationError, 400, "invalid_request_error", None),
     (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
+    (ComparisonNotFound, 404, "invalid_request_error", "comparison_not_found"),
+    (CompareOff, 404, "invalid_request_error", "compare_off"),
     (InvalidRequest, 400, "invalid_request_error", None),
     (Unauthorized, 401, "invalid_request_error", "invalid_api_key"),
     (HostNotAllowed, 400, "invalid_request_error", "host_not_allowed"),
@@ -178,9 +183,12 @@ def _client_gone(request: Request, rid: str) -> Response:
 class Handlers:
     """The /v1 endpoints for one engine and one served model name."""
 
-    def __init__(self, engine: Engine, model_name: str, accept_any_model_name: bool = False):
+    def __init__(
+        self, engine: Engine, model_name: str, accept_any_model_name: bool = False, arena: Arena | None = None
+    ):
         self.engine, self.model_name = engine, model_name
         self.accept_any_model_name = accept_any_model_name
+        self.arena = arena
 
     def models(self) -> api.ModelList:
         return api.ModelList(
@@ -268,6 +276,55 @@ class Handlers:
                 )
             )
 
+    # ---- compare mode ---------------------------------------------------------------------------------
+
+    def _arena(self) -> Arena:
+        if self.arena is None:
+            raise CompareOff("Compare mode is off: start the server with --votes FILE (and --compare-model)")
+        return self.arena
+
+    async def compare_info(self) -> api.CompareInfo:
+        return self.arena.info() if self.arena else api.CompareInfo(enabled=False)
+
+    async def compare(self, body: api.CompareRequest, request: Request):
+        """Two replies to the conversation, generated together, then stored for the vote in random order."""
+        arena = self._arena()
+        conversation = body.conversation()
+        plan = arena.plan(body)
+        loop = asyncio.get_running_loop()
+        handles: list[RequestHandle] = []
+        try:
+            for contender, params in plan:
+                prompt = await run_in_threadpool(contender.engine.encode_chat, conversation)
+                handles.append(contender.engine.submit(prompt, params, loop=loop, on_overflow="refuse"))
+            results = await asyncio.gather(*(_await_unless_gone(h, request) for h in handles))
+        finally:
+            for handle in handles:  # a refusal or a failure of one reply ends the other too
+                handle.cancel()
+        if any(r is None for r in results):
+            return _client_gone(request, "a comparison")
+        # Sample k is the k-th model's reply, or with one model its k-th choice (seed + k).
+        replies = [
+            _reply(contender.name, params, choice, sample=k if len(plan) == 2 else choice.index)
+            for k, ((contender, params), result) in enumerate(zip(plan, results, strict=True))
+            for choice in result.choices
+        ]
+        return arena.open(conversation, replies)
+
+    async def vote(self, comparison_id: str, body: api.VoteRequest) -> api.VoteResult:
+        arena = self._arena()
+        return await run_in_threadpool(arena.vote, comparison_id, body.choice)  # the write is fsynced
+
+
+def _reply(model: str, params, choice, sample: int) -> Reply:
+    sampling = {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_tokens": params.max_tokens,
+        "seed": params.seed_of(choice.index),
+    }
+    return Reply(model, choice.text, choice.finish_reason, len(choice.token_ids), sample, sampling)
+
 
 def _usage(result: Completion) -> api.Usage:
     return api.Usage.of(result.prompt_tokens, result.completion_tokens)
@@ -287,8 +344,11 @@ def create_app(
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     allowed_hosts: Sequence[str] = (),
     accept_any_model_name: bool = False,
+    arena: Arena | None = None,
 ) -> FastAPI:
     """The whole HTTP app: chat page, health check, the key-protected /v1 API and its schema.
+
+    ``arena`` turns compare mode on (``/v1/compare``: blind pairs of replies and their votes).
 
     ``max_request_bytes`` and ``body_timeout`` bound each request body (413, 408). Without an API key,
     only requests addressed to localhost, an IP address or a name in ``allowed_hosts`` (``"*"``: any)
@@ -315,7 +375,7 @@ def create_app(
         body_timeout=body_timeout,
         allowed_hosts=None if api_key else local_hosts(allowed_hosts),
     )
-    _add_routes(app, Handlers(engine, model_name, accept_any_model_name), api_key)
+    _add_routes(app, Handlers(engine, model_name, accept_any_model_name, arena), api_key)
     return app
 
 
@@ -325,6 +385,10 @@ def _add_routes(app: FastAPI, handlers: Handlers, api_key: str | None) -> None:
     v1.add_api_route("/models", handlers.models, methods=["GET"], response_model=api.ModelList)
     v1.add_api_route("/chat/completions", handlers.chat, methods=["POST"], response_model=None)
     v1.add_api_route("/completions", handlers.completions, methods=["POST"], response_model=None)
+    v1.add_api_route("/compare", handlers.compare_info, methods=["GET"], response_model=api.CompareInfo)
+    v1.add_api_route("/compare", handlers.compare, methods=["POST"], response_model=None)
+    vote_path = "/compare/{comparison_id}/vote"
+    v1.add_api_route(vote_path, handlers.vote, methods=["POST"], response_model=api.VoteResult)
     app.include_router(v1)
 
     schema = APIRouter(dependencies=auth)

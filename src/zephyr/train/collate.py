@@ -126,8 +126,9 @@ class PaddedCollator:
 class _Targets:
     """Accumulates (row, column, token, sequence) for every completion token to score.
 
-    Sequence 2i is pair i's chosen completion and 2i+1 its rejected one. A column may appear twice:
-    with prefix sharing, the last prompt position predicts the first token of both completions.
+    With k completions per example, sequence k*i + j is example i's completion j (a DPO pair: 2i chosen,
+    2i+1 rejected). A column may appear more than once: with prefix sharing, the last prompt position
+    predicts the first token of every completion.
     """
 
     def __init__(self):
@@ -140,93 +141,148 @@ class _Targets:
         self.tok += list(tokens)
         self.seq += [seq] * len(cols)
 
-    def tensors(self) -> dict:
+    def tensors(self, prefix: str = "target") -> dict:
         return {
-            "target_row": torch.tensor(self.row),
-            "target_col": torch.tensor(self.col),
-            "target_ids": torch.tensor(self.tok),
-            "target_seq": torch.tensor(self.seq),
+            f"{prefix}_row": torch.tensor(self.row, dtype=torch.long),
+            f"{prefix}_col": torch.tensor(self.col, dtype=torch.long),
+            f"{prefix}_ids": torch.tensor(self.tok, dtype=torch.long),
+            f"{prefix}_seq": torch.tensor(self.seq, dtype=torch.long),
         }
 
 
-def _ref_logps(examples: list[dict]) -> dict:
-    """Precomputed reference log-probs, interleaved like the sequences: [c0, r0, c1, r1, ...]."""
-    if "ref_chosen_logps" not in examples[0]:
-        return {}
-    values = [v for e in examples for v in (e["ref_chosen_logps"], e["ref_rejected_logps"])]
-    return {"ref_logps": torch.tensor(values, dtype=torch.float32)}
+class _Context:
+    """The positions that score no completion token, for the losses and metrics that read them (ORPO's NLL
+    covers the prompt; TRL's ORPO/CPO logits/* average over whole sequences): each prompt's positions that
+    predict its own next token (tokens 2..P of the prompt, once per example, in the first completion's copy;
+    sequence i is example i), and the last position of each completion (it predicts nothing; numbered as the
+    completions are)."""
+
+    def __init__(self):
+        self.prompt, self.end = _Targets(), _Targets()
+
+    def add(self, row: int, prompt_start: int, prompt: Sequence[int], pair: int) -> None:
+        self.prompt.add(row, range(prompt_start, prompt_start + len(prompt) - 1), prompt[1:], pair)
+
+    def add_end(self, row: int, col: int, seq: int) -> None:
+        self.end.add(row, [col], [IGNORE], seq)
+
+    def tensors(self) -> dict:
+        return self.prompt.tensors("prompt_target") | self.end.tensors("end")
+
+
+def ref_column(completion_key: str) -> str:
+    """The column of precomputed reference log-probs of a completion column (``chosen_ids`` ->
+    ``ref_chosen_logps``)."""
+    return f"ref_{completion_key.removesuffix('_ids')}_logps"
+
+
+PAIR_COMPLETIONS = ("chosen_ids", "rejected_ids")
 
 
 @dataclass
 class PairCollator:
-    """Preference pairs in one of three layouts; every layout scores exactly the same tokens.
+    """A prompt and its completions per example, in one of three layouts; every layout scores exactly the
+    same tokens. ``completions`` names the completion columns: DPO's pair (chosen, rejected) by default, KTO's
+    (completion, KL completion) or a single one.
 
-    - ``shared`` (default): one row of [prompt, chosen, rejected] per pair, back to back. The prompt
-      runs once; the rejected block sees the prompt and itself, never the chosen tokens, and its
-      position ids continue from the prompt as if the chosen tokens were not there.
-    - ``packed``: one row of [prompt, chosen][prompt, rejected] per pair; no padding, no sharing.
-    - ``padded``: TRL's layout: 2n rows (all chosen, then all rejected), right-padded.
+    - ``shared`` (default): one row of [prompt, first completion, other completions...] per example, back to
+      back. The prompt runs once; each later completion block sees the prompt and itself, never another
+      completion, and its position ids continue from the prompt as if the other completions were not there.
+    - ``packed``: one row of [prompt, completion] blocks, one block per completion; no padding, no sharing.
+    - ``padded``: TRL's layout: k*n rows (every example's first completion, then every second one, ...),
+      right-padded.
+
+    ``score_context`` also scores the positions outside the completions (``prompt_target_*``: each
+    prompt predicting its own tokens; ``end_*``: the last position of each completion), for ORPO's
+    NLL over the prompt and TRL's whole-sequence logits metrics. ``passthrough`` columns (KTO's ``label``)
+    come back as one tensor each; precomputed reference log-probs (``ref_column`` of each completion) as
+    ``ref_logps``, interleaved like the sequences.
 
     >>> pair = {"prompt_ids": [1, 2], "chosen_ids": [3, 4], "rejected_ids": [5]}
-    >>> b = PairCollator("shared")([pair])
+    >>> b = PairCollator("shared", score_context=True)([pair])
     >>> b["input_ids"].tolist(), b["position_ids"].tolist()
     ([[1, 2, 3, 4, 5]], [[0, 1, 2, 3, 2]])
     >>> b["target_col"].tolist(), b["target_ids"].tolist(), b["target_seq"].tolist()
     ([1, 2, 1], [3, 4, 5], [0, 0, 1])
+    >>> b["prompt_target_col"].tolist(), b["prompt_target_ids"].tolist(), b["end_col"].tolist()
+    ([0], [2], [3, 4])
     """
 
     layout: str = "shared"
     pad_token_id: int = 0
+    score_context: bool = False
+    completions: tuple[str, ...] = PAIR_COMPLETIONS
+    passthrough: tuple[str, ...] = ()
 
     def __call__(self, examples: list[dict]) -> dict:
         if self.layout == "padded":
             return self._padded(examples)
-        ids, pos, blocks, targets = [], [], [], _Targets()
+        if self.layout not in ("shared", "packed"):
+            raise ValueError(f"unknown pair layout {self.layout!r}; expected shared, packed or padded")
+        k = len(self.completions)
+        ids, pos, blocks, targets, context = [], [], [], _Targets(), _Context()
         for i, ex in enumerate(examples):
-            p, c, r = ex["prompt_ids"], ex["chosen_ids"], ex["rejected_ids"]
+            p = ex["prompt_ids"]
             start = len(ids)
             last_prompt = start + len(p) - 1  # this position predicts the first completion token
-            ids += p + c
-            pos += range(len(p) + len(c))
-            blocks.append(Block(start, len(ids)))
-            targets.add(0, range(last_prompt, last_prompt + len(c)), c, 2 * i)
-            if self.layout == "shared":
-                r_start = len(ids)
-                ids += r
-                pos += range(len(p), len(p) + len(r))
-                blocks.append(Block(r_start, len(ids), start, start + len(p)))
-                targets.add(0, [last_prompt] + list(range(r_start, r_start + len(r) - 1)), r, 2 * i + 1)
-            elif self.layout == "packed":
-                r_start = len(ids)
-                ids += p + r
-                pos += range(len(p) + len(r))
-                blocks.append(Block(r_start, len(ids)))
-                first = r_start + len(p) - 1
-                targets.add(0, range(first, first + len(r)), r, 2 * i + 1)
-            else:
-                raise ValueError(f"unknown pair layout {self.layout!r}; expected shared, packed or padded")
+            for j, key in enumerate(self.completions):
+                c, seq = ex[key], k * i + j
+                if j == 0 or self.layout == "packed":
+                    block = len(ids)
+                    ids += p + c
+                    pos += range(len(p) + len(c))
+                    blocks.append(Block(block, len(ids)))
+                    first = block + len(p) - 1
+                    targets.add(0, range(first, first + len(c)), c, seq)
+                    if j == 0:
+                        context.add(0, start, p, i)
+                else:  # shared: the completion alone, attending to the prompt of the first block
+                    block = len(ids)
+                    ids += c
+                    pos += range(len(p), len(p) + len(c))
+                    blocks.append(Block(block, len(ids), start, start + len(p)))
+                    targets.add(0, [last_prompt] + list(range(block, block + len(c) - 1)), c, seq)
+                context.add_end(0, len(ids) - 1, seq)
         return {
             "input_ids": torch.tensor([ids]),
             "position_ids": torch.tensor([pos]),
             "zephyr_blocks": BlockLayout(tuple(blocks)),
             **targets.tensors(),
-            **_ref_logps(examples),
+            **(context.tensors() if self.score_context else {}),
+            **self._extras(examples),
         }
 
     def _padded(self, examples: list[dict]) -> dict:
-        n = len(examples)
-        seqs = [e["prompt_ids"] + e["chosen_ids"] for e in examples] + [
-            e["prompt_ids"] + e["rejected_ids"] for e in examples
-        ]
+        n, k = len(examples), len(self.completions)
+        seqs = [e["prompt_ids"] + e[key] for key in self.completions for e in examples]
         width = max(len(s) for s in seqs)
-        ids = torch.full((2 * n, width), self.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((2 * n, width), dtype=torch.long)
-        targets = _Targets()
+        ids = torch.full((k * n, width), self.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((k * n, width), dtype=torch.long)
+        targets, context = _Targets(), _Context()
         for row, seq in enumerate(seqs):
             ids[row, : len(seq)] = torch.tensor(seq)
             attn[row, : len(seq)] = 1
-            ex = examples[row % n]
-            completion = ex["chosen_ids"] if row < n else ex["rejected_ids"]
+            j, i = divmod(row, n)
+            ex = examples[i]
+            completion = ex[self.completions[j]]
             first = len(ex["prompt_ids"]) - 1
-            targets.add(row, range(first, first + len(completion)), completion, 2 * (row % n) + (row >= n))
-        return {"input_ids": ids, "attention_mask": attn, **targets.tensors(), **_ref_logps(examples)}
+            targets.add(row, range(first, first + len(completion)), completion, k * i + j)
+            if j == 0:
+                context.add(row, 0, ex["prompt_ids"], i)
+            context.add_end(row, len(seq) - 1, k * i + j)
+        return {
+            "input_ids": ids,
+            "attention_mask": attn,
+            **targets.tensors(),
+            **(context.tensors() if self.score_context else {}),
+            **self._extras(examples),
+        }
+
+    def _extras(self, examples: list[dict]) -> dict:
+        """The passthrough columns, and the precomputed reference log-probs when the examples carry them."""
+        out = {name: torch.tensor([e[name] for e in examples]) for name in self.passthrough}
+        columns = [ref_column(key) for key in self.completions]
+        if columns[0] in examples[0]:
+            values = [e[c] for e in examples for c in columns]
+            out["ref_logps"] = torch.tensor(values, dtype=torch.float32)
+        return out

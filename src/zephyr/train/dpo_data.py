@@ -39,33 +39,31 @@ def _completion(tokenizer, prompt: list[dict], completion: list[dict]) -> list[i
     return tok.input_ids[: last + 1]
 
 
-def tokenize_pair(
-    tokenizer,
-    row: dict,
-    max_length: int,
-    max_prompt_length: int | None,
-    empty_system: bool = False,
-    row_index: int | None = None,
-) -> TokenizedPair:
-    """Tokenize one normalised preference row (see zephyr.data.schemas).
+def _prompt_and_completions(tokenizer, row: dict, sides: tuple[str, ...], empty_system: bool):
+    """The prompt tokens and each side's completion tokens of one normalised row.
 
     The prompt/completion boundary is found on tokens: it is where the tokenized prompt (with the
     generation prompt) stops agreeing with the tokenized prompt + completion, so a BPE merge across
-    the boundary shortens the prompt instead of shifting the completion. Limits follow the handbook:
-    a prompt over ``max_prompt_length`` loses its start (BOS is kept), then completions are cut from
-    the right so that prompt + completion fits ``max_length``.
+    the boundary shortens the prompt instead of shifting the completion (with several sides, the prompt
+    is the part all of them agree on).
     """
     prompt = with_empty_system(row["prompt"]) if empty_system else list(row["prompt"])
     prompt_ids = encode_prompt(tokenizer, prompt)
-    chosen_full = _completion(tokenizer, prompt, list(row["chosen"]))
-    rejected_full = _completion(tokenizer, prompt, list(row["rejected"]))
-    p = min(common_prefix_length(prompt_ids, chosen_full), common_prefix_length(prompt_ids, rejected_full))
-    prompt_ids, chosen, rejected = prompt_ids[:p], chosen_full[p:], rejected_full[p:]
-    for name, ids in (("chosen", chosen), ("rejected", rejected)):
-        if not ids:
-            raise DataError("the completion is empty after tokenization", row=row_index, field=name)
-    if chosen == rejected:
-        raise DataError("chosen and rejected completions are identical", row=row_index, field="rejected")
+    full = [_completion(tokenizer, prompt, list(row[side])) for side in sides]
+    p = min(common_prefix_length(prompt_ids, ids) for ids in full)
+    return prompt_ids[:p], [ids[p:] for ids in full]
+
+
+def _fit(
+    tokenizer,
+    prompt_ids: list[int],
+    completions: list[list[int]],
+    max_length: int,
+    max_prompt_length: int | None,
+    row_index: int | None,
+) -> tuple[list[int], list[list[int]], bool]:
+    """The handbook's limits: a prompt over ``max_prompt_length`` loses its start (BOS is kept), then the
+    completions are cut from the right so that prompt + completion fits ``max_length``."""
     truncated = False
     if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
         keep_bos = prompt_ids[:1] if prompt_ids[0] == tokenizer.bos_token_id else []
@@ -79,15 +77,62 @@ def tokenize_pair(
             row=row_index,
             field="prompt",
         )
-    if len(chosen) > room or len(rejected) > room:
-        chosen, rejected, truncated = chosen[:room], rejected[:room], True
-        if chosen == rejected:
-            raise DataError(
-                f"chosen and rejected are identical within the first {room} completion tokens (max_length cut)",
-                row=row_index,
-                field="rejected",
-            )
+    if any(len(ids) > room for ids in completions):
+        completions, truncated = [ids[:room] for ids in completions], True
+    return prompt_ids, completions, truncated
+
+
+def tokenize_pair(
+    tokenizer,
+    row: dict,
+    max_length: int,
+    max_prompt_length: int | None,
+    empty_system: bool = False,
+    row_index: int | None = None,
+) -> TokenizedPair:
+    """Tokenize one normalised preference row (see zephyr.data.schemas), cut to the length limits."""
+    prompt_ids, (chosen, rejected) = _prompt_and_completions(
+        tokenizer, row, ("chosen", "rejected"), empty_system
+    )
+    for name, ids in (("chosen", chosen), ("rejected", rejected)):
+        if not ids:
+            raise DataError("the completion is empty after tokenization", row=row_index, field=name)
+    if chosen == rejected:
+        raise DataError("chosen and rejected completions are identical", row=row_index, field="rejected")
+    prompt_ids, (chosen, rejected), truncated = _fit(
+        tokenizer, prompt_ids, [chosen, rejected], max_length, max_prompt_length, row_index
+    )
+    if truncated and chosen == rejected:
+        raise DataError(
+            f"chosen and rejected are identical within the first {len(chosen)} completion tokens (max_length cut)",
+            row=row_index,
+            field="rejected",
+        )
     return TokenizedPair(prompt_ids, chosen, rejected, truncated)
+
+
+def tokenize_unpaired(
+    tokenizer,
+    row: dict,
+    max_length: int,
+    max_prompt_length: int | None,
+    empty_system: bool = False,
+    row_index: int | None = None,
+) -> tuple[dict, bool]:
+    """One normalised unpaired row (KTO) as ``{prompt_ids, completion_ids, label}``, cut to the limits; and
+    whether it was cut."""
+    prompt_ids, (completion,) = _prompt_and_completions(tokenizer, row, ("completion",), empty_system)
+    if not completion:
+        raise DataError("the completion is empty after tokenization", row=row_index, field="completion")
+    prompt_ids, (completion,), truncated = _fit(
+        tokenizer, prompt_ids, [completion], max_length, max_prompt_length, row_index
+    )
+    return {"prompt_ids": prompt_ids, "completion_ids": completion, "label": bool(row["label"])}, truncated
+
+
+def _pair_columns(tokenizer, row, max_length, max_prompt_length, empty_system, row_index):
+    pair = tokenize_pair(tokenizer, row, max_length, max_prompt_length, empty_system, row_index)
+    return {k: getattr(pair, k) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}, pair.truncated
 
 
 def tokenize_preferences(
@@ -98,16 +143,20 @@ def tokenize_preferences(
     on_error: str = "raise",
     empty_system: bool = False,
     split: str = "train",
+    unpaired: bool = False,
 ):
-    """Tokenize a dataset of normalised preference rows; bad rows raise, or are skipped and counted."""
+    """Tokenize a dataset of normalised preference rows (``unpaired``: unpaired rows, see
+    ``tokenize_unpaired``); bad rows raise, or are skipped and counted. Returns the token rows (each with its
+    input ``row`` index), the number skipped and the number cut to the limits."""
     from datasets import Dataset
 
+    one, unit = (tokenize_unpaired, "rows") if unpaired else (_pair_columns, "pairs")
     rows, skipped, truncated = [], [], 0
     prompts_by_id: dict = {}
     for i, row in enumerate(dataset):
         try:
             _check_prompt_id(row, i, prompts_by_id)
-            pair = tokenize_pair(tokenizer, row, max_length, max_prompt_length, empty_system, row_index=i)
+            columns, cut = one(tokenizer, row, max_length, max_prompt_length, empty_system, row_index=i)
         except DataError as err:
             err = DataError(
                 err.reason, source=f"{split} split (prompt_id {row.get('prompt_id')})", row=i, field=err.field
@@ -116,23 +165,16 @@ def tokenize_preferences(
                 raise err from None
             skipped.append(str(err))
             continue
-        truncated += pair.truncated
-        rows.append(
-            {
-                "prompt_ids": pair.prompt_ids,
-                "chosen_ids": pair.chosen_ids,
-                "rejected_ids": pair.rejected_ids,
-                "row": i,
-            }
-        )
+        truncated += cut
+        rows.append({**columns, "row": i})
     if truncated:
         log.warning(
-            "%s: %d of %d pairs were cut to max_prompt_length / max_length", split, truncated, len(dataset)
+            "%s: %d of %d %s were cut to max_prompt_length / max_length", split, truncated, len(dataset), unit
         )
     if skipped:
-        log.warning("%s: skipped %d bad pair(s); the first: %s", split, len(skipped), skipped[0])
+        log.warning("%s: skipped %d bad %s; the first: %s", split, len(skipped), unit, skipped[0])
     if not rows:
-        raise DataError(f"no usable preference pairs left in the {split} split", source=split)
+        raise DataError(f"no usable preference {unit} left in the {split} split", source=split)
     return Dataset.from_list(rows), len(skipped), truncated
 
 

@@ -79,26 +79,50 @@ def ld_weights(seq: torch.Tensor, lengths: torch.Tensor, ld_alpha: float) -> tor
 
 
 def sequence_logps(model, batch: dict, ld_alpha: float | None = None) -> dict[str, torch.Tensor]:
-    """Summed log-probs of every scored completion in a pair batch (see PairCollator).
+    """Summed log-probs of every scored completion in a pair batch (see PairCollator), in one forward.
 
     Returns, each (2n,) and interleaved [chosen_0, rejected_0, ...]:
     ``logps`` the summed completion log-probs, with LD-DPO's down-weighting of the tokens past the
     shorter completion's length when ``ld_alpha`` is given; ``unweighted_logps`` the plain sums (the
     same tensor without ``ld_alpha``); ``logit_sums`` the vocabulary-mean logit summed over completion
     tokens (for TRL's logits/* metrics); ``lengths`` the completion token counts.
+
+    A batch collated with ``score_context`` adds, each (n,), per pair: ``prompt_logps`` (the prompt's
+    own tokens after its first, summed), ``prompt_logit_sums`` and ``prompt_lengths``; and (2n,)
+    ``end_logits``, the vocabulary-mean logit at each completion's last position.
     """
-    cols, where = torch.unique(batch["target_col"], return_inverse=True)
+    groups = ["target"] + (["prompt_target", "end"] if "prompt_target_col" in batch else [])
+    cols, where = torch.unique(torch.cat([batch[f"{g}_col"] for g in groups]), return_inverse=True)
     logits = selected_logits(model, batch, cols)  # (rows, K, V)
-    picked = logits[batch["target_row"], where]  # (T, V): one row per scored token
-    token_lp = token_logps(picked, batch["target_ids"])
+    rows = torch.cat([batch[f"{g}_row"] for g in groups])
+    picked = logits[rows, where].split([batch[f"{g}_col"].numel() for g in groups])  # (T_g, V) each
     seq = batch["target_seq"]
     n_seq = int(seq.max()) + 1
 
-    def per_sequence(values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(n_seq, dtype=torch.float32, device=values.device).index_add(0, seq, values)
+    def per_sequence(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.zeros(n, dtype=torch.float32, device=values.device).index_add(0, index, values)
 
+    def mean_logits(x: torch.Tensor) -> torch.Tensor:
+        return x.detach().float().mean(dim=-1)
+
+    token_lp = token_logps(picked[0], batch["target_ids"])
     lengths = torch.bincount(seq, minlength=n_seq).float()
-    unweighted = per_sequence(token_lp)
-    logps = unweighted if ld_alpha is None else per_sequence(token_lp * ld_weights(seq, lengths, ld_alpha))
-    logit_sums = per_sequence(picked.detach().float().mean(dim=-1))
-    return {"logps": logps, "unweighted_logps": unweighted, "logit_sums": logit_sums, "lengths": lengths}
+    unweighted = per_sequence(token_lp, seq, n_seq)
+    logps = (
+        unweighted
+        if ld_alpha is None
+        else per_sequence(token_lp * ld_weights(seq, lengths, ld_alpha), seq, n_seq)
+    )
+    out = {
+        "logps": logps,
+        "unweighted_logps": unweighted,
+        "logit_sums": per_sequence(mean_logits(picked[0]), seq, n_seq),
+        "lengths": lengths,
+    }
+    if len(groups) > 1:
+        pair, ends, n = batch["prompt_target_seq"], batch["end_seq"], n_seq // 2
+        out["prompt_logps"] = per_sequence(token_logps(picked[1], batch["prompt_target_ids"]), pair, n)
+        out["prompt_logit_sums"] = per_sequence(mean_logits(picked[1]), pair, n)
+        out["prompt_lengths"] = torch.bincount(pair, minlength=n).float()
+        out["end_logits"] = per_sequence(mean_logits(picked[2]), ends, n_seq)
+    return out

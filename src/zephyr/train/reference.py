@@ -1,9 +1,10 @@
-"""The DPO reference: a frozen model, the policy with its adapters off, or log-probs computed once.
+"""The reference of DPO and KTO: a frozen model, the policy with its adapters off, or log-probs computed once.
 
 Precomputed log-probs are cached on disk under a key made of the reference weights (hashed from
 the tensors actually loaded, so a merged adapter or a different dtype changes it), the token ids of
-the data (so any change to the data, template or truncation changes it), the batch layout and
-LD-DPO's ``ld_alpha`` (the cached sums are weighted with it).
+the data (so any change to the data, template or truncation changes it; for KTO this includes each
+row's KL completion, so the cache follows the KL pairing), which completions are scored, the batch
+layout and LD-DPO's ``ld_alpha`` (the cached sums are weighted with it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 
 from zephyr.io import cache_dir, write_atomic
 from zephyr.train.attention import restore_attention, use_packed_attention
+from zephyr.train.collate import PAIR_COMPLETIONS, ref_column
 from zephyr.train.logps import sequence_logps
 
 log = logging.getLogger(__name__)
@@ -33,9 +35,9 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def data_fingerprint(dataset) -> str:
+def data_fingerprint(dataset, completions: tuple[str, ...] = PAIR_COMPLETIONS) -> str:
     h = hashlib.blake2b(digest_size=16)
-    for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
+    for column in ("prompt_ids", *completions):
         for ids in dataset[column]:
             h.update(repr(ids).encode())
             h.update(b";")
@@ -58,7 +60,9 @@ def reference_mode(model, ref_model):
 def _score(
     model, dataset, collator, batch_size: int, indices: list[int], device, desc: str, ld_alpha: float | None
 ) -> torch.Tensor:
-    """Reference log-probs (len(indices), 2) for the given rows, in eval mode and without gradients."""
+    """Reference log-probs (len(indices), k) for the given rows (k completions each), in eval mode and without
+    gradients."""
+    k = len(collator.completions)
     out = []
     was_training = model.training
     model.eval()
@@ -66,9 +70,9 @@ def _score(
         for start in tqdm(range(0, len(indices), batch_size), desc=desc, unit="batch"):
             rows = [dataset[i] for i in indices[start : start + batch_size]]
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator(rows).items()}
-            out.append(sequence_logps(model, batch, ld_alpha)["logps"].view(-1, 2).cpu())
+            out.append(sequence_logps(model, batch, ld_alpha)["logps"].view(-1, k).cpu())
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, 2)
+    return torch.cat(out) if out else torch.zeros(0, k)
 
 
 def precompute_reference_logps(
@@ -82,7 +86,8 @@ def precompute_reference_logps(
     kernel: str | None = "sdpa_blocks",
     ld_alpha: float | None = None,
 ):
-    """Add ``ref_chosen_logps``/``ref_rejected_logps`` columns, from the disk cache or computed now.
+    """Add a reference log-prob column per completion the collator scores (``ref_column``: DPO's
+    ``ref_chosen_logps``/``ref_rejected_logps``), from the disk cache or computed now.
 
     ``ref_source`` is the module to score with (a reference model, or the policy inside
     ``reference_mode``). The rows are split across processes; each computes its share and all
@@ -90,9 +95,12 @@ def precompute_reference_logps(
     attention kernel the collator's rows need (None for padded batches). With ``ld_alpha`` the
     sums are LD-DPO-weighted, as the trainer weights the policy's.
     """
-    parts = [weights_fingerprint(ref_source), data_fingerprint(dataset), type(collator).__name__]
+    completions = tuple(collator.completions)
+    parts = [weights_fingerprint(ref_source), data_fingerprint(dataset, completions), type(collator).__name__]
     if ld_alpha is not None:  # absent otherwise, so caches made before LD-DPO existed stay valid
         parts.append(f"ld_alpha={float(ld_alpha)!r}")
+    if completions != PAIR_COMPLETIONS:  # likewise: DPO's keys are those of before KTO
+        parts.append(f"completions={','.join(completions)}")
     key = hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
     path = Path(cache or cache_dir() / "ref_logps") / f"{key}.pt"
     if path.is_file():
@@ -116,7 +124,7 @@ def precompute_reference_logps(
         finally:
             if previous is not None:
                 restore_attention(ref_source, previous)
-        values = torch.zeros(len(dataset), 2)
+        values = torch.zeros(len(dataset), len(completions))
         parts = [(mine, scored)]
         if world > 1:
             from accelerate.utils import gather_object
@@ -127,5 +135,6 @@ def precompute_reference_logps(
         if accelerator.is_main_process:
             write_atomic(path, lambda tmp: torch.save(values, tmp))
             log.info("%s: reference log-probs cached in %s", split, path)
-    dataset = dataset.add_column("ref_chosen_logps", values[:, 0].tolist())
-    return dataset.add_column("ref_rejected_logps", values[:, 1].tolist())
+    for j, key in enumerate(completions):
+        dataset = dataset.add_column(ref_column(key), values[:, j].tolist())
+    return dataset

@@ -4,7 +4,7 @@ Trainer keeps checkpointing, schedulers, mixed precision, distributed launch and
 override only how a batch becomes a loss (``batch_loss``), how eval computes it, how extra
 metrics are averaged into the logs, how a checkpoint reaches the disk (whole or not at all, see
 ``zephyr.train.checkpoints``) and that a run resumed at its last step trains no further.
-SFT and DPO share this class and differ in ``batch_loss``.
+SFT, DPO, KTO and the reference-free preference methods share this class and differ in ``batch_loss``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ from transformers.trainer_utils import SaveStrategy, rotate_checkpoints
 from zephyr.io import write_atomic
 from zephyr.train.checkpoints import PREFIX, pause_point, staged_checkpoint
 from zephyr.train.logps import sequence_logps, sft_loss_sum
-from zephyr.train.losses import PairLogps, mixed_loss, pair_metrics
+from zephyr.train.losses import (
+    PairLogps,
+    UnpairedLogps,
+    mixed_loss,
+    pair_metrics,
+    reference_free_loss,
+    unpaired_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +187,11 @@ def write_model_card(
     return path
 
 
-class DPOTrainer(ZephyrTrainer):
-    """Direct preference optimisation on pair batches (see PairCollator).
+class ReferenceTrainer(ZephyrTrainer):
+    """What DPO and KTO share: reference log-probs for every scored sequence of a batch (see PairCollator).
 
-    The reference log-probs come from the batch when precomputed, else from ``ref_model`` or, with
-    LoRA and no ``ref_model``, from the policy with its adapters disabled.
+    They come from the batch when precomputed, else from ``ref_model`` or, with LoRA and no ``ref_model``,
+    from the policy with its adapters disabled.
     """
 
     def __init__(self, *args, ref_model=None, **kwargs):
@@ -194,13 +201,20 @@ class DPOTrainer(ZephyrTrainer):
             ref_model.eval().requires_grad_(False)
             self.ref_model = ref_model.to(self.args.device)
 
-    def reference_logps(self, model, batch) -> torch.Tensor:
+    def reference_logps(self, model, batch, ld_alpha: float | None = None) -> torch.Tensor:
         if "ref_logps" in batch:  # precomputed, with the same ld_alpha (it is part of the cache key)
             return batch["ref_logps"]
         from zephyr.train.reference import reference_mode
 
         with torch.no_grad(), reference_mode(model, self.ref_model) as ref:
-            return sequence_logps(ref, batch, self.args.ld_alpha)["logps"]
+            return sequence_logps(ref, batch, ld_alpha)["logps"]
+
+
+class DPOTrainer(ReferenceTrainer):
+    """Direct preference optimisation on pair batches (see PairCollator)."""
+
+    def reference_logps(self, model, batch, ld_alpha: float | None = None) -> torch.Tensor:
+        return super().reference_logps(model, batch, self.args.ld_alpha)
 
     def batch_loss(self, model, batch):
         args = self.args
@@ -208,3 +222,38 @@ class DPOTrainer(ZephyrTrainer):
         scores = PairLogps.from_scores(policy, self.reference_logps(model, batch))
         losses = mixed_loss(scores, args.loss_type, args.loss_settings(), args.loss_weights)
         return losses.sum(), losses.numel(), pair_metrics(scores, args.beta, policy["logit_sums"])
+
+
+class ReferenceFreeTrainer(ZephyrTrainer):
+    """ORPO and CPO/SimPO on pair batches collated with ``score_context``: the loss reads the policy's own
+    log-probs from its one forward per batch; there is no reference model to load, copy or run.
+    ``args.METHOD`` picks the loss (``losses.REFERENCE_FREE``), ``args.loss_settings()`` its numbers."""
+
+    def batch_loss(self, model, batch):
+        args = self.args
+        policy = sequence_logps(model, batch)
+        losses, metrics = reference_free_loss(args.METHOD, policy, args.loss_settings())
+        return losses.sum(), losses.numel(), metrics
+
+
+class KTOTrainer(ReferenceTrainer):
+    """KTO and the unpaired APO-zero on batches of (prompt, completion, KL completion) rows (PairCollator with
+    ``completions=("completion_ids", "kl_completion_ids")`` and a ``label`` column; no KL completion for
+    apo_zero_unpaired). One policy forward scores both; the KL completions' log-probs are detached, so they
+    only set the baseline z0 (gathered over processes, as TRL does) and take no gradient."""
+
+    def _sum_over_processes(self, t: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return t
+        return self.accelerator.reduce(t, reduction="sum")
+
+    def batch_loss(self, model, batch):
+        args = self.args
+        policy = sequence_logps(model, batch)
+        scores = UnpairedLogps.from_scores(
+            policy, self.reference_logps(model, batch), batch["label"], with_kl=args.uses_kl
+        )
+        losses, metrics = unpaired_loss(
+            args.loss_type, scores, args.loss_settings(), self._sum_over_processes
+        )
+        return losses.sum(), losses.numel(), metrics
