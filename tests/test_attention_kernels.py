@@ -281,3 +281,25 @@ def test_reference_in_another_dtype_is_cast_to_the_policys_with_a_warning(caplog
         ref = match_reference_dtype(ref, policy)
     assert next(ref.parameters()).dtype == torch.float32
     assert "casting the reference to torch.float32" in caplog.text
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_losses_and_logps_stay_fp32_and_match_fp32(dtype):
+    """bf16/fp16 end to end on the packed kernels: log-softmax, log-probs and the loss come out in fp32,
+    the gradients in the weights' dtype, and the values within that dtype's rounding of the fp32 run."""
+    ref32, model32 = make_tiny_model(0, vocab_size=300), make_tiny_model(1, vocab_size=300)
+    ref, model = make_tiny_model(0, vocab_size=300).to(dtype), make_tiny_model(1, vocab_size=300).to(dtype)
+    batch = PairCollator("shared")(pairs())
+    want = dpo_run(model32, ref32, batch, "flex")
+    for name in ("sdpa_blocks", "flex"):
+        logps, loss, metrics, grads = dpo_run(model, ref, batch, name)
+        assert logps.dtype == torch.float32
+        assert all(g.dtype == dtype for g in grads.values())
+        torch.testing.assert_close(logps, want[0], rtol=0.02, atol=0.5)  # summed over ~10 tokens
+        assert loss == pytest.approx(want[1], abs=0.02)
+    sft = PackedCollator()(sft_examples())
+    model.zero_grad()
+    with kernel(model, "sdpa_blocks"):
+        total, count = sft_loss_sum(model, sft)
+    assert total.dtype == torch.float32
+    assert (total / count).item() == pytest.approx(sft_run(model32, sft, "sdpa_blocks")[0], rel=0.02)
