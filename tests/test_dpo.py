@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from support.models import enable_checkpointing, make_tiny_model
+from support.preference import PAIR_KEYS, REWARD_METRICS, noisy_copy, packed
 from zephyr.chat import encode_prompt, render
 from zephyr.errors import DataError
-from zephyr.train.attention import ATTN_NAME, restore_attention, use_packed_attention
+from zephyr.train.attention import ATTN_NAME
 from zephyr.train.collate import PairCollator
 from zephyr.train.dpo_data import tokenize_pair, tokenize_preferences
 from zephyr.train.logps import sequence_logps
@@ -26,17 +27,7 @@ from zephyr.train.losses import DPO_LOSSES, dpo_loss
 
 LN2 = math.log(2)
 DEMO = "zephyr:demo_prefs"
-METRICS = {
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "logits/chosen",
-    "logits/rejected",
-}
-PAIR_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids")
+METRICS = set(REWARD_METRICS)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -55,32 +46,6 @@ def demo_pairs(tokenizer, rows, n=4, max_length=1024, max_prompt_length=512) -> 
         pair = tokenize_pair(tokenizer, rows[i], max_length, max_prompt_length, row_index=i)
         out.append({k: getattr(pair, k) for k in PAIR_KEYS})
     return out
-
-
-def perturbed(model, seed: int = 1, scale: float = 0.02):
-    """A deep copy of ``model`` with seeded Gaussian noise on every weight: a policy that differs from its reference."""
-    out = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in out.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
-    return out
-
-
-class packed:
-    """Context manager: the given models on packed (block) attention, restored afterwards."""
-
-    def __init__(self, *models, enabled=True):
-        self.models, self.enabled, self.previous = models, enabled, []
-
-    def __enter__(self):
-        if self.enabled:
-            self.previous = [use_packed_attention(m) for m in self.models]
-        return self
-
-    def __exit__(self, *exc):
-        for m, prev in zip(self.models, self.previous, strict=False):
-            restore_attention(m, prev)
 
 
 def layout_logps(model, pairs, layout, pad_token_id=0, grad=False):
@@ -160,7 +125,7 @@ def test_layouts_give_equal_logps_and_gradients(tokenizer, demo_rows):
     """padded (plain sdpa), packed and shared: same log-probs, lengths, logit sums, DPO loss and gradients."""
     pairs = demo_pairs(tokenizer, demo_rows)
     ref = make_tiny_model(seed=0)
-    model = perturbed(ref, seed=1)
+    model = noisy_copy(ref, seed=1)
     results = {}
     for layout in ("padded", "packed", "shared"):
         model.zero_grad()
@@ -202,7 +167,7 @@ def test_gradient_checkpointing_keeps_shared_layout_gradients(tokenizer, demo_ro
     ref = make_tiny_model(seed=0)
     with torch.no_grad():
         ref_logps = layout_logps(ref, pairs, "shared")[0]["logps"]
-    model = perturbed(ref, seed=1).train()
+    model = noisy_copy(ref, seed=1).train()
     grads, calls = [], [0]
     for checkpointing in (False, True):
         if checkpointing:
@@ -402,7 +367,7 @@ def test_sigmoid_loss_and_metrics_match_trl_dpo_trainer(tokenizer, demo_rows, tm
 
     pairs = demo_pairs(tokenizer, demo_rows, max_length=96, max_prompt_length=48)
     ref = make_tiny_model(seed=0)
-    model = perturbed(ref, seed=3)
+    model = noisy_copy(ref, seed=3)
     batch = PairCollator("shared", tokenizer.pad_token_id)(pairs)
     with packed(model, ref), torch.no_grad():
         ours = sequence_logps(model, batch)
@@ -663,7 +628,7 @@ def test_precomputed_reference_is_cached_reused_and_rekeyed(tokenizer, demo_rows
     cut, _, n_cut = tokenize_preferences(rows, tokenizer, 80, 48)
     assert n_cut > 0
     run(cut, ref)
-    run(ds, perturbed(ref, seed=9, scale=1e-3))
+    run(ds, noisy_copy(ref, seed=9, scale=1e-3))
     assert len(calls) == 4 and len(list(cache.glob("*.pt"))) == 4
 
 
@@ -675,7 +640,7 @@ def test_training_loss_with_precomputed_reference_equals_live_reference(tokenize
 
     ds, _, _ = tokenize_preferences(demo_rows.select(range(4)), tokenizer, 128, 64)
     ref = make_tiny_model(seed=0)
-    policy = perturbed(ref, seed=2)
+    policy = noisy_copy(ref, seed=2)
     collator = PairCollator("shared", tokenizer.pad_token_id)
     pre_ds = precompute_reference_logps(ds, ref, collator, 2, PartialState(), "train", str(tmp_path / "c"))
     args = _dpo_args(tmp_path)
@@ -699,7 +664,7 @@ def test_gradient_accumulation_averages_over_pairs(tokenizer, demo_rows, tmp_pat
 
     ds, _, _ = tokenize_preferences(demo_rows.select(range(4)), tokenizer, 96, 48)
     ref = make_tiny_model(seed=0)
-    start = perturbed(ref, seed=4)
+    start = noisy_copy(ref, seed=4)
     collator = PairCollator("shared", tokenizer.pad_token_id)
     weights, losses = [], []
     for batch_size, accumulation in ((4, 1), (2, 2)):

@@ -8,8 +8,6 @@ and fp32 sums of hundreds in another order than TRL's differ in the last bits.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 from types import SimpleNamespace
 
@@ -17,9 +15,9 @@ import pytest
 import torch
 
 from support.models import make_tiny_model
+from support.preference import LAYOUTS, PAIR_KEYS, REWARD_METRICS, noisy_copy, packed
 from zephyr.config import parse_config
 from zephyr.errors import ConfigError
-from zephyr.train.attention import restore_attention, use_packed_attention
 from zephyr.train.collate import PairCollator
 from zephyr.train.config import DPOConfig
 from zephyr.train.dpo_data import tokenize_pair
@@ -27,39 +25,8 @@ from zephyr.train.logps import completion_positions, sequence_logps
 from zephyr.train.losses import DPO_LOSSES, USES_LABEL_SMOOTHING, LossSettings, PairLogps, mixed_loss
 from zephyr.train.trainer import DPOTrainer
 
-PAIR_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids")
-METRICS = (
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "logits/chosen",
-    "logits/rejected",
-)
+METRICS = REWARD_METRICS
 EPS = 0.1  # label smoothing for every case: the losses that ignore it must ignore it as TRL does
-LAYOUTS = ("padded", "packed", "shared")
-
-
-@contextlib.contextmanager
-def packed(*models, enabled: bool = True):
-    """The models on packed (block) attention inside the block, their own kernel afterwards."""
-    previous = [use_packed_attention(m) for m in models] if enabled else []
-    try:
-        yield
-    finally:
-        for m, prev in zip(models, previous, strict=False):
-            restore_attention(m, prev)
-
-
-def noisy_copy(model, seed: int, scale: float = 0.02):
-    out = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in out.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
-    return out
 
 
 # Short replies of unequal length (LD-DPO only weighs the tokens past the shorter one), both ways round.

@@ -10,8 +10,6 @@ collator gets exactly our token ids and KL completions, so both sides score the 
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,9 +19,9 @@ import torch
 import yaml
 
 from support.models import make_tiny_model
+from support.preference import LAYOUTS, noisy_copy, packed, pipeline_with_alignment_stage
 from zephyr.config import parse_config
 from zephyr.errors import ConfigError, DataError
-from zephyr.train.attention import restore_attention, use_packed_attention
 from zephyr.train.collate import PairCollator
 from zephyr.train.config import DPOConfig, KTOConfig
 from zephyr.train.dpo_data import tokenize_unpaired
@@ -44,7 +42,6 @@ METRICS = (
     "rewards/margins",
 )
 TRL_ONLY = {"entropy", "num_tokens"}  # TRL also logs these; zephyr's DPO and KTO do not
-LAYOUTS = ("padded", "packed", "shared")
 WEIGHTS = [(1.0, 1.0), (1.5, 0.6)]
 
 # Short replies of unequal length, the two classes mixed (a row's KL completion is the row before's).
@@ -56,26 +53,6 @@ ROWS = [
     ("Count to three.", "One, two, three.", True),
     ("Spell cat.", "D-O-G", False),
 ]
-
-
-@contextlib.contextmanager
-def packed(*models, enabled: bool = True):
-    """The models on packed (block) attention inside the block, their own kernel afterwards."""
-    previous = [use_packed_attention(m) for m in models] if enabled else []
-    try:
-        yield
-    finally:
-        for m, prev in zip(models, previous, strict=False):
-            restore_attention(m, prev)
-
-
-def noisy_copy(model, seed: int, scale: float = 0.02):
-    out = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in out.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
-    return out
 
 
 def message_rows(rows=ROWS) -> list[dict]:
@@ -845,18 +822,7 @@ def test_pipeline_kto_trains_on_the_feedback_output_else_the_pairs(tmp_path):
 def test_pipeline_dry_run_with_a_kto_stage(tmp_path, tiny_model_dir):
     from zephyr.pipeline import run_pipeline
 
-    training = {"max_steps": 1, "report_to": "none", "save_strategy": "no", "use_cpu": True}
-    recipe_ = {
-        "run_dir": str(tmp_path / "run"),
-        "sft": {
-            "model_name_or_path": str(tiny_model_dir),
-            "dataset_mixer": {"zephyr:demo_sft": 1.0},
-            "dataset_splits": ["train"],
-            **training,
-        },
-        "kto": {"dataset_mixer": {"zephyr:demo_prefs": 1.0}, "dataset_splits": ["train"], **training},
-        "export": {"format": "merged"},
-    }
+    recipe_ = pipeline_with_alignment_stage(tmp_path, tiny_model_dir, "kto")
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(recipe_))
     summary = run_pipeline(path, dry_run=True)

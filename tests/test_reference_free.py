@@ -9,7 +9,6 @@ are compared on a batch whose sequences all have one length (no padding); everyt
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,9 +18,9 @@ import torch
 import yaml
 
 from support.models import make_tiny_model
+from support.preference import LAYOUTS, PAIR_KEYS, REWARD_METRICS, packed, pipeline_with_alignment_stage
 from zephyr.config import parse_config
 from zephyr.errors import ConfigError
-from zephyr.train.attention import restore_attention, use_packed_attention
 from zephyr.train.collate import PairCollator
 from zephyr.train.config import CPOConfig, DPOConfig, ORPOConfig, SimPOConfig
 from zephyr.train.dpo_data import tokenize_pair
@@ -29,20 +28,8 @@ from zephyr.train.trainer import ReferenceFreeTrainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
-PAIR_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids")
-LAYOUTS = ("padded", "packed", "shared")
 EPS = 0.1  # label smoothing for every CPO case: hinge and ipo must ignore it as TRL does
-COMMON_METRICS = (
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "logits/chosen",
-    "logits/rejected",
-    "nll_loss",
-)
+COMMON_METRICS = (*REWARD_METRICS, "nll_loss")
 ORPO_METRICS = (*COMMON_METRICS, "log_odds_ratio", "log_odds_chosen")
 LOGITS = ("logits/chosen", "logits/rejected")
 
@@ -52,17 +39,6 @@ ROWS = [
     ("Say hello.", "Hello there!", "Hi!"),
     ("What is the capital of France?", "Paris.", "London, probably, or maybe Berlin; it is hard to say."),
 ]
-
-
-@contextlib.contextmanager
-def packed(model, enabled: bool = True):
-    """The model on packed (block) attention inside the block, its own kernel afterwards."""
-    previous = use_packed_attention(model) if enabled else None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            restore_attention(model, previous)
 
 
 def uniform_pairs(width: int = 20) -> list[dict]:
@@ -552,18 +528,7 @@ def test_handbook_orpo_recipe_parses(tmp_path, data):
 def test_pipeline_alignment_stage_may_be_orpo_cpo_or_simpo(tmp_path, tiny_model_dir):
     from zephyr.pipeline import run_pipeline
 
-    training = {"max_steps": 1, "report_to": "none", "save_strategy": "no", "use_cpu": True}
-    recipe = {
-        "run_dir": str(tmp_path / "run"),
-        "sft": {
-            "model_name_or_path": str(tiny_model_dir),
-            "dataset_mixer": {"zephyr:demo_sft": 1.0},
-            "dataset_splits": ["train"],
-            **training,
-        },
-        "simpo": {"dataset_mixer": {"zephyr:demo_prefs": 1.0}, "dataset_splits": ["train"], **training},
-        "export": {"format": "merged"},
-    }
+    recipe = pipeline_with_alignment_stage(tmp_path, tiny_model_dir, "simpo")
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(recipe))
     summary = run_pipeline(path, dry_run=True)

@@ -14,5 +14,7 @@ top-level package.
 - ``support.http``: ``FaultProxy`` (a fault-injecting HTTP proxy), fast-retry backend specs and ``call``
   (one JSON request).
 - ``support.processes``: starting the real CLI paused at a named point, for the SIGKILL tests.
+- ``support.preference``: TRL's reward metric names, noisy policy copies, ``packed`` attention for a block,
+  a pipeline recipe with one alignment stage.
 - ``support.gguf_models``: tiny Llamas and a SentencePiece-style tokenizer for the GGUF export tests.
 """
