@@ -25,7 +25,6 @@ continue from its prompt).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -109,28 +108,11 @@ def _window(sliding_window) -> int | None:
     return int(sliding_window) if sliding_window else None
 
 
-def packed_attention_forward(
-    module: torch.nn.Module,
-    query: torch.Tensor,  # (1, heads, L, d)
-    key: torch.Tensor,  # (1, kv_heads, L, d)
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    zephyr_blocks: Iterable[Block] | None = None,
-    sliding_window: int | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
+def _sdpa_blocks(query, key, value, layout: BlockLayout, dropout: float, scaling, window: int | None):
     """The ``sdpa_blocks`` kernel: one SDPA call per block."""
-    if zephyr_blocks is None:  # not a packed batch (e.g. generation): plain SDPA semantics
-        return _plain_sdpa(
-            module, query, key, value, attention_mask, dropout, scaling, sliding_window, kwargs
-        )
-    _check_single_row(query)
     gqa = query.shape[1] != key.shape[1]
-    window = _window(sliding_window)
     out = torch.empty_like(query)
-    for b in zephyr_blocks:
+    for b in layout:
         q = query[:, :, b.start : b.end]
         k = key[:, :, b.start : b.end]
         v = value[:, :, b.start : b.end]
@@ -148,7 +130,7 @@ def packed_attention_forward(
                 q, k, v, is_causal=True, dropout_p=dropout, scale=scaling, enable_gqa=gqa
             )
         out[:, :, b.start : b.end] = o
-    return out.transpose(1, 2).contiguous(), None
+    return out.transpose(1, 2).contiguous()
 
 
 def _plain_sdpa(module, query, key, value, attention_mask, dropout, scaling, sliding_window, kwargs):
@@ -226,32 +208,16 @@ def flex_block_mask(layout: BlockLayout, length: int, window: int | None, device
     return mask
 
 
-def flex_attention_forward(
-    module: torch.nn.Module,
-    query: torch.Tensor,  # (1, heads, L, d)
-    key: torch.Tensor,  # (1, kv_heads, L, d)
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    zephyr_blocks: BlockLayout | None = None,
-    sliding_window: int | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
+def _flex(query, key, value, layout: BlockLayout, dropout: float, scaling, window: int | None):
     """The ``flex`` kernel: the whole packed row in one flex_attention call."""
-    if zephyr_blocks is None:
-        return _plain_sdpa(
-            module, query, key, value, attention_mask, dropout, scaling, sliding_window, kwargs
-        )
-    _check_single_row(query)
     if dropout:
         raise ConfigError(
             "the `flex` attention kernel has no attention dropout; use `sdpa_blocks` or set it to 0"
         )
-    mask = flex_block_mask(zephyr_blocks, query.shape[2], _window(sliding_window), query.device)
+    mask = flex_block_mask(layout, query.shape[2], window, query.device)
     flex = _flex_function(query.device)
     out = flex(query, key, value, block_mask=mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
-    return out.transpose(1, 2).contiguous(), None
+    return out.transpose(1, 2).contiguous()
 
 
 # --- FlashAttention varlen ----------------------------------------------------------------------------
@@ -267,42 +233,14 @@ def cu_seqlens(layout: BlockLayout, device) -> tuple[torch.Tensor, int]:
     return layout.cache[key]
 
 
-def flash_varlen_forward(
-    module: torch.nn.Module,
-    query: torch.Tensor,  # (1, heads, L, d)
-    key: torch.Tensor,  # (1, kv_heads, L, d)
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    zephyr_blocks: BlockLayout | None = None,
-    sliding_window: int | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
+def _flash_varlen(query, key, value, layout: BlockLayout, dropout: float, scaling, window: int | None):
     """The ``flash_varlen`` kernel: FlashAttention over the blocks as variable-length sequences. It cannot
     express a prefix, so prefix-shared batches take the ``flex`` kernel."""
-    if zephyr_blocks is None:
-        return _plain_sdpa(
-            module, query, key, value, attention_mask, dropout, scaling, sliding_window, kwargs
-        )
-    if zephyr_blocks.has_prefixes:
-        return flex_attention_forward(
-            module,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout,
-            scaling,
-            zephyr_blocks,
-            sliding_window,
-            **kwargs,
-        )
-    _check_single_row(query)
+    if layout.has_prefixes:
+        return _flex(query, key, value, layout, dropout, scaling, window)
     from flash_attn import flash_attn_varlen_func
 
-    window = _window(sliding_window)
-    starts, longest = cu_seqlens(zephyr_blocks, query.device)
+    starts, longest = cu_seqlens(layout, query.device)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (L, heads, d): FlashAttention's layout
     out = flash_attn_varlen_func(
         q,
@@ -318,7 +256,34 @@ def flash_varlen_forward(
         # FlashAttention's left window counts the keys before the query: `window - 1` of them.
         window_size=(window - 1, 0) if window is not None else (-1, -1),
     )
-    return out.unsqueeze(0), None  # (1, L, heads, d)
+    return out.unsqueeze(0)  # (1, L, heads, d)
+
+
+def attention_forward(kernel):
+    """The transformers attention function of a kernel: a packed row (``zephyr_blocks`` given) goes
+    through ``kernel``; anything else (generation, a padded eval batch) through plain SDPA."""
+
+    def forward(
+        module: torch.nn.Module,
+        query: torch.Tensor,  # (1, heads, L, d)
+        key: torch.Tensor,  # (1, kv_heads, L, d)
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        zephyr_blocks: BlockLayout | None = None,
+        sliding_window: int | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None]:
+        if zephyr_blocks is None:
+            return _plain_sdpa(
+                module, query, key, value, attention_mask, dropout, scaling, sliding_window, kwargs
+            )
+        _check_single_row(query)
+        return kernel(query, key, value, zephyr_blocks, dropout, scaling, _window(sliding_window)), None
+
+    forward.__doc__ = kernel.__doc__
+    return forward
 
 
 def packed_attention_mask(
@@ -341,9 +306,9 @@ def packed_attention_mask(
 
 
 FORWARDS = {
-    "sdpa_blocks": packed_attention_forward,
-    "flex": flex_attention_forward,
-    "flash_varlen": flash_varlen_forward,
+    "sdpa_blocks": attention_forward(_sdpa_blocks),
+    "flex": attention_forward(_flex),
+    "flash_varlen": attention_forward(_flash_varlen),
 }
 
 
