@@ -25,7 +25,7 @@ from zephyr.train.logps import completion_positions, sequence_logps
 from zephyr.train.losses import DPO_LOSSES, USES_LABEL_SMOOTHING, LossSettings, PairLogps, mixed_loss
 from zephyr.train.trainer import DPOTrainer
 
-METRICS = REWARD_METRICS
+METRICS = (*REWARD_METRICS, "entropy", "mean_token_accuracy", "num_tokens")
 EPS = 0.1  # label smoothing for every case: the losses that ignore it must ignore it as TRL does
 
 
@@ -96,7 +96,10 @@ def trl_result(s, loss_type, weights=None, ld_alpha=None, tau=0.05):
     s.policy.train()
     with torch.no_grad():
         loss = t.compute_loss(s.policy, s.trl_batch).item()
-    return loss, {k: t._metrics["train"][k][-1] for k in METRICS}
+    metrics = {k: t._metrics["train"][k][-1] for k in METRICS}
+    # TRL's num_tokens is its running total over every call so far; one batch's count is its attention mask.
+    metrics["num_tokens"] = float(s.trl_batch["attention_mask"].sum())
+    return loss, metrics
 
 
 def recipe(out, **keys) -> DPOConfig:

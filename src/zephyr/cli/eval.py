@@ -12,8 +12,8 @@ from zephyr.evaluate.benchmarks import BENCHMARKS
 DESCRIPTION = describe(
     [b.settings for b in BENCHMARKS.values()],
     "zephyr eval mt-bench --model runs/demo/dpo --judge gpt-4 --judge_base_url https://api.openai.com/v1",
-    "BENCHMARK is mt-bench, alpaca or prefs. A recipe with one section per benchmark "
-    "(`mt_bench:`, `alpaca:`, `prefs:`) runs them in turn; `--alpaca.judge=J` overrides one section. "
+    "BENCHMARK is mt-bench, alpaca, prefs or rules. A recipe with one section per benchmark "
+    "(`mt_bench:`, `alpaca:`, `prefs:`, `rules:`) runs them in turn; `--alpaca.judge=J` overrides one section. "
     "Old `--kebab-case VALUE` flags still work.",
 ) + (
     "\n\nMore examples:"
@@ -22,13 +22,16 @@ DESCRIPTION = describe(
     "\n      --judge_prompts ../shared/data/mt_bench/judge_prompts.jsonl --model M --judge J"
     "\n  zephyr eval alpaca --annotations annotations.json"
     "\n  zephyr eval prefs --model runs/demo/dpo --ref_model runs/demo/sft --data zephyr:demo_prefs"
+    "\n  zephyr eval rules --model runs/demo/dpo/model --rules '{max_words: 40}' --prompts zephyr:alpaca_mini"
     "\n  zephyr eval runs/demo/eval/recipe.yaml"
 )
 
 
 def add_arguments(parser) -> None:
     parser.add_argument(
-        "benchmark", metavar="BENCHMARK|RECIPE", help="mt-bench, alpaca or prefs; or a multi-benchmark recipe"
+        "benchmark",
+        metavar="BENCHMARK|RECIPE",
+        help="mt-bench, alpaca, prefs or rules; or a multi-benchmark recipe",
     )
     parser.add_argument("recipe", nargs="?", metavar="RECIPE", help="YAML settings for that benchmark")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 DESCRIPTION = (
     "Each stage's outputs are keyed by a hash of its settings, its upstream stages and the contents of its "
     "local input files: a rerun skips finished stages, redoes changed ones (and everything downstream) "
-    "and resumes an interrupted one. Per-stage overrides: --dpo.beta=0.05.\n"
+    "and resumes an interrupted one. Per-stage overrides: --dpo.beta=0.05 (a round stage: --rounds.dpo.beta=0.05).\n"
     "Example: zephyr run recipes/demo/pipeline.yaml --dry-run"
 )
 
@@ -13,7 +13,10 @@ DESCRIPTION = (
 def add_arguments(parser) -> None:
     parser.add_argument("recipe", help="Pipeline recipe (YAML with run_dir and one section per stage)")
     parser.add_argument(
-        "--from", dest="start", metavar="STAGE", help="Start at this stage (earlier ones must be done)"
+        "--from",
+        dest="start",
+        metavar="STAGE",
+        help="Start at this stage, e.g. dpo or round2/generate (earlier ones must be done)",
     )
     parser.add_argument("--only", metavar="STAGE", help="Run only this stage")
     parser.add_argument(

@@ -28,6 +28,7 @@ from zephyr.distill.rubrics import (
     instruction_text,
     repair_messages,
 )
+from zephyr.distill.rules import RULES_ASPECT, RuleSet, rule_judge
 from zephyr.distill.runner import StageResult, run_stage
 from zephyr.distill.shards import parse_shard, shard_setting
 from zephyr.distill.verdicts import Verdict, parse_overall, parse_ratings, problems
@@ -46,7 +47,10 @@ class FeedbackConfig:
     input: str = setting("The `zephyr generate` output (JSONL) to rate.", default="")
     output: str = setting("The JSONL file to write (and resume).", default="")
     judge: str | dict = setting(
-        "Judge backend spec: a local model spec, or {type, model, base_url, ...}.", default=""
+        "Judge backend spec: a local model spec, or {type, model, base_url, ...}; or `{type: rules, ...}`, a "
+        "rubric a program checks (zephyr.distill.rules: max_words, contains, ...): each completion is rated "
+        "1 + 4 x the fraction of rules it passes, under the one aspect `rules`.",
+        default="",
     )
     aspects: list[str] = setting(
         f"Aspects to rate, from: {', '.join(ASPECTS)}.", default_factory=lambda: list(ASPECTS)
@@ -89,7 +93,8 @@ class FeedbackConfig:
                 "`input`, `output` and `judge` are required (e.g. input: runs/demo/completions.jsonl, "
                 "output: runs/demo/rated.jsonl, judge: smollm2-135m-instruct)"
             )
-        self.judge_spec = parse_spec(self.judge)
+        self.rules = rule_judge(self.judge)
+        self.judge_spec = None if self.rules is not None else parse_spec(self.judge)
         unknown = [a for a in self.aspects if a not in RUBRICS]
         if unknown or not self.aspects or len(set(self.aspects)) != len(self.aspects):
             raise ConfigError(
@@ -119,9 +124,14 @@ class FeedbackConfig:
             "stage": "feedback",
             "schema_version": SCHEMA_VERSION,
             "rubric_version": RUBRIC_VERSION,
-            "judge": self.judge_spec.identity(),
+            "judge": self.judge_identity(),
             **{k: getattr(self, k) for k in keys},
         }
+
+    def judge_identity(self) -> dict:
+        if self.rules is not None:
+            return {"type": "rules", **self.rules.to_json()}
+        return self.judge_spec.identity()
 
 
 # ---- one prompt -------------------------------------------------------------------------------------
@@ -169,6 +179,17 @@ def judge_prompt(cfg: FeedbackConfig, judge: Backend, record: PromptRecord) -> t
         Judgment(r.aspect, r.order, r.reply, r.repair_reply, r.error) for r in requests + critiques
     ]
     return record, tokens
+
+
+def rate_by_rules(rules: RuleSet, record: PromptRecord) -> PromptRecord:
+    """Rate every completion of one prompt by the rule set: no model, no judge calls."""
+    for c in record.completions:
+        verdict = rules.check(c.response)
+        c.annotations = {RULES_ASPECT: Rating(verdict.rating, verdict.rationale())}
+        c.fine_grained_score = verdict.rating
+    record.judge = "rules"
+    record.judgments = []
+    return record
 
 
 def _ask(judge: Backend, requests: list[_Request], max_tokens: int, seed: int, read) -> int:
@@ -269,6 +290,9 @@ def feedback(cfg: FeedbackConfig) -> StageResult:
     records, bad = read_completions(cfg.input)
     if not records:
         raise DataError("holds no readable completions row", source=cfg.input)
+    if cfg.rules is not None:
+        log.info("feedback: %d prompts, rule judge %s -> %s", len(records), cfg.rules.to_json(), cfg.output)
+        return _run(cfg, records, bad, lambda r: (rate_by_rules(cfg.rules, r).to_json(), 0))
     with BackendPool() as backends:
         judge = backends.get(cfg.judge_spec)
         log.info(
@@ -284,18 +308,22 @@ def feedback(cfg: FeedbackConfig) -> StageResult:
             rated, tokens = judge_prompt(cfg, judge, record)
             return rated.to_json(), tokens
 
-        result = run_stage(
-            "feedback",
-            [(r.prompt_id, r) for r in records],
-            work,
-            Path(cfg.output),
-            concurrency=cfg.concurrency,
-            settings=cfg.settings(),
-            bad_input=bad,
-            progress=cfg.progress,
-            redo=nothing_read if cfg.retry_unreadable else None,
-            shard=cfg.shard,
-        )
+        return _run(cfg, records, bad, work)
+
+
+def _run(cfg: FeedbackConfig, records: list[PromptRecord], bad: list[DataError], work) -> StageResult:
+    result = run_stage(
+        "feedback",
+        [(r.prompt_id, r) for r in records],
+        work,
+        Path(cfg.output),
+        concurrency=cfg.concurrency,
+        settings=cfg.settings(),
+        bad_input=bad,
+        progress=cfg.progress,
+        redo=nothing_read if cfg.retry_unreadable else None,
+        shard=cfg.shard,
+    )
     log.info("feedback: %s", parse_rates(result.output))
     return result
 

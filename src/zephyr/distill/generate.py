@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from zephyr.config import on_error_setting, parse_config, setting
+from zephyr.config import check_settings, on_error_setting, parse_config, setting
 from zephyr.data import normalise_row, prompt_id_of, source_rows
 from zephyr.data.schemas import extra_columns
 from zephyr.distill.principles import (
@@ -115,6 +115,12 @@ class GenerateConfig:
     max_prompts: int | None = setting(
         "Use only the first N readable prompts (raise it later to extend a run).", default=None
     )
+    skip_prompts: int = setting(
+        "Skip the first N readable prompts (before `max_prompts` counts): a window of the prompt file, as "
+        "iterative rounds take a fresh one each.",
+        default=0,
+        ge=0,
+    )
     seed: int = setting("Global seed for teacher/principle draws and sampling seeds.", default=42)
     concurrency: int = setting(
         "Prompts worked on at once (a local backend batches their requests together).", default=16
@@ -151,6 +157,7 @@ class GenerateConfig:
             )
         if self.max_prompts is not None and self.max_prompts < 1:
             raise ConfigError(f"`max_prompts` must be at least 1; got {self.max_prompts}")
+        check_settings(self)
         self.catalogue = principle_catalogue(self.principle_prompts)
         check_weights(self.principles, self.catalogue, "principles")
         for key, weights in self.principles_by_category.items():
@@ -317,13 +324,14 @@ def complete_prompt(cfg: GenerateConfig, backends: BackendPool, prompt: dict) ->
 
 def generate(cfg: GenerateConfig) -> StageResult:
     """Run `zephyr generate`: returns what was written, resumed, failed and skipped."""
-    prompts, bad = read_prompts(
-        cfg.prompts, split=cfg.prompts_split, config=cfg.prompts_config, limit=cfg.max_prompts
-    )
+    limit = None if cfg.max_prompts is None else cfg.skip_prompts + cfg.max_prompts
+    prompts, bad = read_prompts(cfg.prompts, split=cfg.prompts_split, config=cfg.prompts_config, limit=limit)
     if bad and cfg.on_error == "raise":
         raise bad[0]
+    prompts = prompts[cfg.skip_prompts :]
     if not prompts:
-        raise DataError("holds no readable prompt", source=cfg.prompts)
+        skipped = f" after skipping the first {cfg.skip_prompts}" if cfg.skip_prompts else ""
+        raise DataError(f"holds no readable prompt{skipped}", source=cfg.prompts)
     log.info(
         "generate: %d prompts x %d completions from %d teacher(s) -> %s",
         len(prompts),

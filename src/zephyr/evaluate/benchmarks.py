@@ -1,7 +1,7 @@
 """The benchmarks behind `zephyr eval`: one function per benchmark, and the table the CLI and the
 pipeline look them up in.
 
-``mt_bench(settings)``, ``alpaca(settings)`` and ``prefs(settings)`` do the work and return the results
+``mt_bench(settings)``, ``alpaca(settings)``, ``prefs(settings)`` (and ``rule_following.rules``) do the work and return the results
 they also write to disk; ``zephyr.evaluate.summary`` turns a result into the text the CLI prints.
 """
 
@@ -17,7 +17,7 @@ from zephyr.errors import ConfigError
 from zephyr.evaluate import alpaca as ae
 from zephyr.evaluate import mt_bench as mtb
 from zephyr.evaluate import mt_bench_matches as matches
-from zephyr.evaluate import summary
+from zephyr.evaluate import rule_following, summary
 from zephyr.evaluate.judges import LETTER_OPTIONS, LETTER_PROMPT, load_judge_prompts, run_tasks
 from zephyr.evaluate.scoring import summarize_single
 from zephyr.evaluate.settings import (
@@ -28,6 +28,7 @@ from zephyr.evaluate.settings import (
     AlpacaSettings,
     MTBenchSettings,
     PrefsSettings,
+    RulesSettings,
     open_backend,
 )
 from zephyr.io import append_jsonl, output_lock, read_jsonl, safe_name, write_json, write_jsonl
@@ -378,4 +379,5 @@ BENCHMARKS = {
     "mt_bench": Benchmark(MTBenchSettings, mt_bench, summary.show_mt_bench),
     "alpaca": Benchmark(AlpacaSettings, alpaca, summary.show_alpaca),
     "prefs": Benchmark(PrefsSettings, prefs, summary.show_prefs),
+    "rules": Benchmark(RulesSettings, rule_following.rules, summary.show_rules),
 }

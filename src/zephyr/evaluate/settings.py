@@ -1,4 +1,4 @@
-"""The settings of each benchmark `zephyr eval` runs (MT-Bench, AlpacaEval, preference accuracy).
+"""The settings of each benchmark `zephyr eval` runs (MT-Bench, AlpacaEval, preference accuracy, rules).
 
 One dataclass per benchmark; its fields are the recipe keys and `--key=value` options, documented and
 range-checked through ``zephyr.config.setting``.
@@ -43,10 +43,10 @@ MODES = ("single", "pairwise-baseline", "pairwise-all")
 
 
 @dataclass
-class BackendSettings:
-    """Where answers come from and who judges them (shared by mt-bench and alpaca)."""
+class ModelSettings:
+    """Where answers come from (every benchmark that generates them)."""
 
-    model: str | None = setting(
+    model: str | dict | None = setting(
         "The model to evaluate: a model spec (hub id, checkpoint dir, .gguf file, smollm2-135m-instruct), the "
         "name a server serves (with --model-base-url), or a JSON backend spec such as "
         '\'{"model": "smollm2-135m-instruct", "threads": 1}\' (see zephyr.generation.backends.BackendSpec). '
@@ -59,6 +59,18 @@ class BackendSettings:
     model_name: str | None = setting(
         "Name recorded in output files. Default: the model spec's last path part.", default=None
     )
+
+    def __post_init__(self):
+        check_settings(self)
+
+    def model_spec(self) -> dict:
+        return backend_spec(self.model, self.model_base_url, None, self.model_name)
+
+
+@dataclass
+class BackendSettings(ModelSettings):
+    """Where answers come from and who judges them (shared by mt-bench and alpaca)."""
+
     judge: str | None = setting(
         "The judge: a model spec for a local judge, or with --judge-base-url the model an OpenAI-compatible "
         "endpoint serves (e.g. gpt-4 at https://api.openai.com/v1), or a JSON backend spec. Omit it to only "
@@ -81,12 +93,6 @@ class BackendSettings:
         default=DEFAULT_CONCURRENCY,
         ge=1,
     )
-
-    def __post_init__(self):
-        check_settings(self)
-
-    def model_spec(self) -> dict:
-        return backend_spec(self.model, self.model_base_url, None, self.model_name)
 
     def judge_spec(self) -> dict:
         return backend_spec(self.judge, self.judge_base_url, self.judge_api_key_env, None)
@@ -260,3 +266,45 @@ class PrefsSettings:
                 "take; report another loss",
                 key="loss_type",
             )
+
+
+@dataclass
+class RulesSettings(ModelSettings):
+    """`zephyr eval rules`: how often a model's replies to held-out prompts pass a rubric a program checks."""
+
+    rules: dict | None = setting(
+        "The rubric (zephyr.distill.rules.RuleSet), required: max_words, min_words, contains, excludes, "
+        "starts_with, ends_with, pattern; e.g. {max_words: 40, contains: [example]}.",
+        default=None,
+    )
+    model_outputs: str | None = setting(
+        "Score this model_outputs.json (AlpacaEval format) instead of generating.", default=None
+    )
+    prompts: str = setting(
+        "Held-out single-turn prompts: a .jsonl/.json/.parquet file or zephyr:NAME with `prompt`, "
+        "`instruction` or one-user-turn `messages` rows (keep them apart from the prompts you train on).",
+        default="zephyr:alpaca_mini",
+    )
+    skip_prompts: int = setting("Skip the first N readable prompts.", default=0, ge=0)
+    max_prompts: int | None = setting("Then use at most N prompts.", default=None, ge=1)
+    max_new_tokens: int = setting("Longest reply in tokens.", default=256, ge=1)
+    temperature: float = setting(
+        "Sampling temperature (0 = greedy: one reproducible reply).", default=0.0, ge=0
+    )
+    top_p: float = setting("Nucleus sampling mass.", default=1.0, gt=0, le=1)
+    seed: int = setting("Sampling seed.", default=0)
+    concurrency: int = setting("Replies generated at once.", default=DEFAULT_CONCURRENCY, ge=1)
+    output_dir: str = setting(
+        "Where MODEL/model_outputs.json, MODEL/verdicts.jsonl and MODEL/results.json go.",
+        default="runs/eval/rules",
+    )
+
+    def __post_init__(self):
+        from zephyr.distill.rules import RuleSet
+
+        super().__post_init__()
+        if self.rules is None:
+            raise ConfigError("`rules` is required: the rubric to check, e.g. --rules '{max_words: 40}'")
+        self.rule_set = RuleSet.parse(self.rules, "rules")
+        if not (self.model or self.model_outputs):
+            raise ConfigError("Nothing to score: give --model to generate replies, or --model-outputs FILE")

@@ -125,3 +125,17 @@ def show_prefs(result: dict) -> str:
 
 
 SHOW = {"mt-bench": show_mt_bench, "alpaca": show_alpaca, "prefs": show_prefs}
+
+
+def show_rules(result: dict) -> str:
+    rows = sorted(result["models"].values(), key=lambda m: -m["satisfied"])
+    names = list(rows[0]["per_rule"]) if rows else []
+    body = table(
+        ["model", "satisfied", "+-se", "mean score", "n", "mean words", *names],
+        [
+            [m["generator"], m["satisfied"], m["satisfied_se"], m["mean_score"], m["n"], m["mean_words"]]
+            + [m["per_rule"].get(name) for name in names]
+            for m in rows
+        ],
+    )
+    return f"Rule satisfaction on {result['prompts']} (rules {result['rules']})\n{body}"

@@ -1,7 +1,9 @@
 """`zephyr run RECIPE.yaml`: the whole recipe as one resumable sequence of stages.
 
 A pipeline recipe has a ``run_dir`` and one section per stage (generate, feedback, binarize, clean,
-sft, one alignment stage of dpo, kto, orpo, cpo or simpo, eval, report, export; any subset, in that order).
+sft, one alignment stage of dpo, kto, orpo, cpo or simpo, eval, report, export; any subset, in that order),
+and optionally ``rounds``: iterative rounds of generate -> feedback -> binarize -> align -> eval, each from
+the model the round before trained (``zephyr.pipeline.rounds``).
 Each section holds that stage's own recipe
 keys; what a stage needs from an earlier one (its input data, its starting model) is filled in when
 the section leaves it out (``zephyr.pipeline.stages``). Every stage runs as its own subcommand,
@@ -37,6 +39,16 @@ from zephyr.config import check_keys, load_yaml
 from zephyr.errors import ConfigError, ZephyrError
 from zephyr.io import output_lock, read_json, write_atomic, write_json
 from zephyr.pipeline.keys import input_digests, stage_key
+from zephyr.pipeline.rounds import (
+    AFTER_ROUNDS,
+    Rounds,
+    baseline_eval,
+    parse_rounds,
+    round_context,
+    round_name,
+    round_section,
+    starting_model,
+)
 from zephyr.pipeline.stages import ALIGNMENT_STAGES, STAGES, PipelineContext, StageSpec
 
 log = logging.getLogger(__name__)
@@ -49,10 +61,31 @@ class Plan:
     run_dir: Path
     stages: list[tuple[StageSpec, dict]]  # (spec, raw section) in pipeline order
     processes: int = 1
+    rounds: Rounds | None = None
+
+    def split(self) -> tuple[list[tuple[StageSpec, dict]], list[tuple[StageSpec, dict]]]:
+        """The top-level stages that run before the rounds, and those that run after them."""
+        if self.rounds is None:
+            return self.stages, []
+        before = [(s, section) for s, section in self.stages if s.name not in AFTER_ROUNDS]
+        return before, [(s, section) for s, section in self.stages if s.name in AFTER_ROUNDS]
+
+    def names(self) -> list[str]:
+        """Every stage's name in run order (a round's stages as `round<k>/<stage>`)."""
+        before, after = self.split()
+        names = [s.name for s, _ in before]
+        if self.rounds is not None:
+            evals = any(s.name == "eval" for s, _ in self.rounds.stages)
+            names += [round_name(0, "eval")] if evals else []
+            names += [
+                round_name(k, s.name) for k in range(1, self.rounds.count + 1) for s, _ in self.rounds.stages
+            ]
+        return names + [s.name for s, _ in after]
 
 
 @dataclass
 class WiredStage:
+    name: str  # the stage's name in this pipeline: `dpo`, or `round2/dpo`
     spec: StageSpec
     settings: dict
     key: str
@@ -85,21 +118,23 @@ def load_plan(recipe_path: str | Path, overrides: dict | None = None) -> Plan:
             f"{path}: a pipeline recipe must be a mapping (run_dir, then one section per stage)"
         )
     for dotted, value in (overrides or {}).items():  # `--sft.max_steps=5` sets a key of one stage
-        stage, _, key = dotted.partition(".")
-        if key:
-            raw[stage] = {**(raw.get(stage) or {}), key: value}
-        else:
-            raw[dotted] = value
+        *parents, key = dotted.split(".")  # `--rounds.dpo.beta=0.2` one of a round stage
+        section = raw
+        for part in parents:
+            section[part] = dict(section.get(part) or {})
+            section = section[part]
+        section[key] = value
     raw = expand_env(raw)
-    check_keys(raw, ["run_dir", "processes", *STAGES], str(path))
+    check_keys(raw, ["run_dir", "processes", "rounds", *STAGES], str(path))
     if "run_dir" not in raw:
         raise ConfigError(f"{path}: a pipeline recipe needs `run_dir`")
     for name in STAGES:
         if raw.get(name) is not None and not isinstance(raw[name], dict):
             raise ConfigError(f"{path}: section `{name}` must be a mapping of its keys; got {raw[name]!r}")
     stages = [(STAGES[name], raw[name] or {}) for name in STAGES if name in raw]
-    if not stages:
-        raise ConfigError(f"{path}: no stage sections; expected some of {', '.join(STAGES)}")
+    rounds = parse_rounds(raw["rounds"], str(path)) if raw.get("rounds") is not None else None
+    if not stages and rounds is None:
+        raise ConfigError(f"{path}: no stage sections; expected some of {', '.join(STAGES)}, or `rounds`")
     aligned = [name for name in ALIGNMENT_STAGES if name in raw]
     if len(aligned) > 1:
         raise ConfigError(
@@ -109,11 +144,11 @@ def load_plan(recipe_path: str | Path, overrides: dict | None = None) -> Plan:
     processes = raw.get("processes", 1)
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ConfigError(f"{path}: `processes` must be a whole number >= 1; got {processes!r}")
-    return Plan(Path(raw["run_dir"]), stages, processes)
+    return Plan(Path(raw["run_dir"]), stages, processes, rounds)
 
 
 def select(plan: Plan, start: str | None, only: str | None) -> set[str]:
-    names = [s.name for s, _ in plan.stages]
+    names = plan.names()
     for wanted in (start, only):
         if wanted is not None and wanted not in names:
             raise ConfigError(f"Stage `{wanted}` is not in this recipe; its stages: {', '.join(names)}")
@@ -129,19 +164,61 @@ def prepare(plan: Plan) -> list[WiredStage]:
     from zephyr.pipeline.validate import check_stage_keys
 
     ctx = PipelineContext(plan.run_dir)
-    wired = []
-    for spec, section in plan.stages:
+    wired: list[WiredStage] = []
+
+    def add(name: str, spec: StageSpec, section: dict, scope: PipelineContext, upstream: dict) -> None:
         check_stage_keys(spec.name, section)
-        settings = spec.wire(section, ctx)
-        produced = ctx.produced()
-        upstream = {s: ctx.keys.get(s) for s in spec.reads}
+        settings = spec.wire(section, scope)
+        produced = scope.produced()
+        upstream = {s: scope.keys.get(s) for s in spec.reads} | upstream
         key = stage_key(spec.name, settings, upstream, input_digests(settings, produced))
-        ctx.keys[spec.name] = key
-        ctx.outputs[spec.name] = spec.outputs(ctx.stage_dir(spec.name), settings)
+        scope.keys[spec.name] = key
+        scope.outputs[spec.name] = spec.outputs(scope.stage_dir(spec.name), settings)
+        ctx.outputs[name], ctx.keys[name] = scope.outputs[spec.name], key
         wired.append(
-            WiredStage(spec, settings, key, ctx.stage_dir(spec.name), ctx.outputs[spec.name], produced)
+            WiredStage(
+                name, spec, settings, key, scope.stage_dir(spec.name), scope.outputs[spec.name], produced
+            )
         )
+
+    before, after = plan.split()
+    for spec, section in before:
+        add(spec.name, spec, section, ctx, {})
+    round_keys = {}
+    if plan.rounds is not None:
+        round_keys = _wire_rounds(plan.rounds, ctx, add)
+    for spec, section in after:
+        add(spec.name, spec, section, ctx, {"rounds": round_keys} if round_keys else {})
     return wired
+
+
+def _wire_rounds(rounds: Rounds, ctx: PipelineContext, add) -> dict[str, str]:
+    """Wire round 0's eval and rounds 1..K, each from the model the round before trained; the last round's
+    stages then stand under their plain names for the stages after the rounds. Returns every round
+    stage's key."""
+    model, key = starting_model(rounds, ctx)
+    baseline = baseline_eval(rounds, model)
+    if baseline is not None:
+        add(
+            round_name(0, "eval"), STAGES["eval"], baseline, round_context(ctx, 0, model, key), {"model": key}
+        )
+    scope = None
+    for k in range(1, rounds.count + 1):
+        scope = round_context(ctx, k, model, key)
+        for spec, section in rounds.stages:
+            add(
+                round_name(k, spec.name),
+                spec,
+                round_section(rounds, spec.name, section, k, model),
+                scope,
+                {"model": key},
+            )
+        aligned = next(s for s in ALIGNMENT_STAGES if s in scope.outputs)
+        model, key = scope.outputs[aligned]["model"], scope.keys[aligned]
+    for name, outputs in scope.outputs.items():
+        if name != "sft":  # the stand-in for the round's starting model
+            ctx.outputs[name], ctx.keys[name] = outputs, scope.keys[name]
+    return {name: k for name, k in ctx.keys.items() if name.startswith("round")}
 
 
 def read_stage_record(stage_dir: Path, name: str = STAGE_FILE) -> dict | None:
@@ -249,7 +326,7 @@ def run_stage(stage: WiredStage, processes: int) -> float:
     """Run one stage to completion (resuming if it was interrupted) and record it. Returns seconds."""
     settings = _resumable(stage)
     if settings is not None:
-        log.info("Stage %s was interrupted; resuming it", stage.spec.name)
+        log.info("Stage %s was interrupted; resuming it", stage.name)
     else:
         settings = stage.settings
         if stage.stage_dir.exists():
@@ -259,16 +336,16 @@ def run_stage(stage: WiredStage, processes: int) -> float:
     write_atomic(recipe, yaml.safe_dump(settings, sort_keys=True))
     write_json(stage.stage_dir / "key.json", {"key": stage.key})
     cmd = stage_command(stage.spec, recipe, processes)
-    log.info("Stage %s: %s", stage.spec.name, " ".join(cmd))
+    log.info("Stage %s: %s", stage.name, " ".join(cmd))
     start = time.time()
     returncode = run_child(cmd)
     if returncode != 0:
         raise ConfigError(
-            f"Stage `{stage.spec.name}` failed (exit code {returncode}); fix the cause and rerun "
+            f"Stage `{stage.name}` failed (exit code {returncode}); fix the cause and rerun "
             f"`zephyr run`: finished stages are kept and this one resumes"
         )
     seconds = time.time() - start
-    record = {"stage": stage.spec.name, "key": stage.key, "seconds": seconds}
+    record = {"stage": stage.name, "key": stage.key, "seconds": seconds}
     write_json(stage.stage_dir / STAGE_FILE, {**record, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     return seconds
 
@@ -284,10 +361,14 @@ def run_pipeline(
     """Run (or with ``dry_run`` validate and plan) a pipeline recipe; returns a summary per stage."""
     plan = load_plan(recipe_path, overrides)
     chosen = select(plan, start, only)
-    for spec, section in plan.stages:
+    sections = [(spec.name, section) for spec, section in plan.stages]
+    if plan.rounds is not None:
+        by_stage = {spec.name: section for spec, section in plan.rounds.stages}
+        sections += [(n, by_stage[n.partition("/")[2]]) for n in plan.names() if n.startswith("round")]
+    for name, section in sections:
         missing = unset_variables(section)
-        if missing and spec.name in chosen:
-            message = f"stage `{spec.name}` uses unset environment variable(s): {', '.join(sorted(missing))}"
+        if missing and name in chosen:
+            message = f"stage `{name}` uses unset environment variable(s): {', '.join(sorted(missing))}"
             if not dry_run:
                 raise ConfigError(message)
             log.warning("%s (set them before running)", message)
@@ -306,20 +387,20 @@ def _run_stages(plan: Plan, chosen: set[str], dry_run: bool) -> dict:
         done = record is not None and record.get("key") == stage.key
         if dry_run:
             validate_stage(stage.spec.name, stage.settings, stage.produced_before)
-            state = "up to date" if done else ("would run" if stage.spec.name in chosen else "not selected")
-        elif stage.spec.name not in chosen:
+            state = "up to date" if done else ("would run" if stage.name in chosen else "not selected")
+        elif stage.name not in chosen:
             state = "not selected"
         elif done:
             state = "skipped (up to date)"
         else:
             state = f"ran in {run_stage(stage, plan.processes):.0f} s"
-        summary[stage.spec.name] = {"state": state, "dir": str(stage.stage_dir), "outputs": stage.outputs}
+        summary[stage.name] = {"state": state, "dir": str(stage.stage_dir), "outputs": stage.outputs}
     return summary
 
 
 def print_summary(summary: dict, dry_run: bool) -> None:
     print("\nPlan:" if dry_run else "\nSummary:")
     for name, info in summary.items():
-        print(f"  {name:9s} {info['state']:24s} {info['dir']}")
+        print(f"  {name:15s} {info['state']:24s} {info['dir']}")
         for what, where in info["outputs"].items():
-            print(f"  {'':9s}   {what}: {where}")
+            print(f"  {'':15s}   {what}: {where}")

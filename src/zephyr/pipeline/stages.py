@@ -20,11 +20,13 @@ from zephyr.errors import ConfigError
 
 @dataclass(frozen=True)
 class Input:
-    """Setting ``key`` defaults to output ``output`` of the first of ``stages`` the recipe has."""
+    """Setting ``key`` defaults to output ``output`` of the first of ``stages`` the recipe has, unless the
+    section sets one of ``unless`` (another source of the same thing: binarize's `votes` file)."""
 
     key: str
     stages: tuple[str, ...]
     output: str
+    unless: tuple[str, ...] = ()
 
 
 @dataclass
@@ -33,6 +35,7 @@ class PipelineContext:
     outputs: dict[str, dict] = field(default_factory=dict)  # stage -> {output name: path}
     keys: dict[str, str] = field(default_factory=dict)  # stage -> its key
     settings: dict[str, dict] = field(default_factory=dict)  # stage -> its wired section
+    elsewhere: list[str] = field(default_factory=list)  # outputs of stages outside this view (other rounds)
 
     def stage_dir(self, name: str) -> Path:
         return self.run_dir / name
@@ -47,7 +50,10 @@ class PipelineContext:
         )
 
     def produced(self) -> list[str]:
-        return [str(path) for outputs in self.outputs.values() for path in outputs.values()]
+        return [
+            *self.elsewhere,
+            *(str(path) for outputs in self.outputs.values() for path in outputs.values()),
+        ]
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ class StageSpec:
         if self.output_key is not None:
             section.setdefault(self.output_key, str(ctx.stage_dir(self.name) / self.default_output))
         for need in self.inputs:
-            if need.key not in section:
+            if need.key not in section and not any(k in section for k in need.unless):
                 section[need.key] = ctx.upstream(need.stages, need.output, self.name)
         if self.extra is not None:
             self.extra(section, ctx)
@@ -118,7 +124,7 @@ def _pair_data(stage: str) -> Callable[[dict, PipelineContext], None]:
     return wire
 
 
-EVAL_BENCHMARKS = ("mt_bench", "alpaca", "prefs")
+EVAL_BENCHMARKS = ("mt_bench", "alpaca", "prefs", "rules")
 
 
 def _eval_sections(section: dict, ctx: PipelineContext) -> None:
@@ -164,7 +170,7 @@ STAGES: dict[str, StageSpec] = {
             "output_dir",
             "data",
             "data",
-            inputs=(Input("input", ("feedback",), "rated"),),
+            inputs=(Input("input", ("feedback",), "rated", unless=("votes",)),),
             reads=("feedback",),
         ),
         StageSpec(

@@ -143,6 +143,7 @@ def validate_binarize(settings: dict, produced: list[str]) -> None:
 
     _parse([BinarizeConfig], settings)
     _check_path(settings.get("input"), produced, "input")
+    _check_path(settings.get("votes"), produced, "votes")
 
 
 def validate_clean(settings: dict, produced: list[str]) -> None:
@@ -171,6 +172,8 @@ def validate_eval(settings: dict, produced: list[str]) -> None:
             "instructions",
             "reference_outputs",
             "data",
+            "prompts",
+            "model_outputs",
         ):
             _check_path(section.get(key), produced, f"eval.{name}.{key}")
         if section.get("model"):

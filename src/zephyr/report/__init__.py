@@ -10,6 +10,8 @@ whatever stages have run:
   judgments (``*_pair.jsonl``) as a win-rate table;
 - AlpacaEval from every ``annotations.json``: win rates with standard-error bars;
 - a sample of generations from ``model_answer/*.jsonl`` and ``model_outputs.json``;
+- iterative rounds, when the run has ``round<k>/eval`` directories: each metric (rule satisfaction, win
+  rate, MT-Bench score, reward accuracy) against the round, with standard-error bars where known;
 - human votes, when ``votes`` names votes files (`zephyr serve --votes`): per-model win rates with
   Wilson 95% intervals (ties count half) and, with more than two models, Bradley-Terry scores.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,14 @@ class SampleGroup:
 
 
 @dataclass
+class RoundMetric:
+    """One evaluation metric across the iterative rounds: (round, value, standard error or None)."""
+
+    metric: str
+    points: list[tuple[int, float, float | None]]
+
+
+@dataclass
 class RunResults:
     """Everything a report shows, gathered before anything is drawn."""
 
@@ -86,6 +95,7 @@ class RunResults:
     samples: list[SampleGroup]
     votes: list[VoteResult] = field(default_factory=list)
     votes_given: bool = False  # the page has a votes section only when votes files were asked for
+    rounds: list[RoundMetric] = field(default_factory=list)
 
 
 def collect(
@@ -100,6 +110,7 @@ def collect(
         samples=generation_samples(run_dir, samples),
         votes=vote_results(run_dir, list(votes)),
         votes_given=bool(votes),
+        rounds=round_results(run_dir),
     )
 
 
@@ -211,6 +222,54 @@ def vote_results(run_dir: Path, paths: list[str]) -> list[VoteResult]:
             log.warning("%s: %d unreadable line(s); the first: %s", path, len(problems), problems[0])
         out.append(VoteResult(_label(path, run_dir), tally_votes(votes), len(problems)))
     return out
+
+
+# --- iterative rounds ---------------------------------------------------------------------------------
+
+ROUND_DIR = re.compile(r"round(\d+)")
+
+
+def round_results(run_dir: Path) -> list[RoundMetric]:
+    """Each metric that round<k>/eval holds, per round (round 0 is the starting model)."""
+    rounds = sorted(
+        (int(m.group(1)), path)
+        for path in run_dir.glob("round*")
+        if path.is_dir() and (m := ROUND_DIR.fullmatch(path.name))
+    )
+    series: dict[str, list[tuple[int, float, float | None]]] = {}
+    for k, path in rounds:
+        for metric, value, error in _round_metrics(path / "eval"):
+            series.setdefault(metric, []).append((k, value, error))
+    return [RoundMetric(metric, points) for metric, points in series.items()]
+
+
+def _round_metrics(eval_dir: Path):
+    """(metric, value, standard error) of every result one round's eval wrote."""
+    if not eval_dir.is_dir():
+        return
+    for path in sorted(eval_dir.glob("rules/*/results.json")):
+        try:
+            r = read_json(path)
+            yield "rule satisfaction (%)", 100 * r["satisfied"], 100 * r["satisfied_se"]
+        except (ZephyrError, KeyError, TypeError) as exc:
+            log.warning("Skipping %s: %s", path, exc)
+    for result in alpaca_results(eval_dir, []):
+        for rate in result.summary["models"].values():
+            if rate["win_rate"] is not None:
+                yield "AlpacaEval win rate (%)", rate["win_rate"], rate["standard_error"]
+    singles, _ = mt_bench_results(eval_dir, [])
+    for result in singles:
+        for summary in result.summary.values():
+            if summary["score"] is not None:
+                yield "MT-Bench score", summary["score"], None
+    for path in sorted(eval_dir.glob("prefs/*.json")):
+        try:
+            accuracy = read_json(path)["metrics"].get("rewards/accuracies")
+        except (ZephyrError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("Skipping %s: %s", path, exc)
+            continue
+        if accuracy is not None:
+            yield "reward accuracy on the round's held-out pairs (%)", 100 * accuracy, None
 
 
 # --- generations --------------------------------------------------------------------------------------

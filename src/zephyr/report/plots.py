@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from zephyr.io import write_atomic
-from zephyr.report.collect import AlpacaResult, Curves, MTBenchResult, VoteResult
+from zephyr.report.collect import AlpacaResult, Curves, MTBenchResult, RoundMetric, VoteResult
 
 # (metric logged by the trainers, chart title); the PNG is training_<metric with / as _>.png.
 TRAINING_METRICS = (
@@ -160,5 +160,27 @@ def plot_vote_win_rates(results: list[VoteResult], path: Path) -> bool:
     ax.axvline(50, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("win rate against the other models (%), ties count half; 95% Wilson interval")
     ax.set_title("Human votes")
+    _save(fig, path)
+    return True
+
+
+def plot_rounds(series: RoundMetric, path: Path) -> bool:
+    """One metric against the round (0: the starting model), with standard-error bars where known."""
+    if not series.points:
+        return False
+    rounds, values, errors = zip(*series.points, strict=True)
+    fig = _figure(6.0, 3.6)
+    ax = fig.add_subplot()
+    bars = [e if e is not None and e == e else 0.0 for e in errors]
+    ax.errorbar(rounds, values, yerr=bars, marker="o", capsize=4, color="#e15759")
+    for k, value in zip(rounds, values, strict=True):
+        ax.annotate(
+            f"{value:.1f}", (k, value), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8
+        )
+    ax.set_xticks(sorted(set(rounds)))
+    ax.set_xlabel("round (0: the starting model)")
+    ax.set_ylabel(series.metric)
+    ax.set_title(f"{series.metric} by round")
+    ax.grid(alpha=0.3)
     _save(fig, path)
     return True

@@ -12,7 +12,15 @@ from importlib import resources
 from pathlib import Path
 
 from zephyr.report import plots
-from zephyr.report.collect import AlpacaResult, Curves, MTBenchResult, PairwiseResult, RunResults, VoteResult
+from zephyr.report.collect import (
+    AlpacaResult,
+    Curves,
+    MTBenchResult,
+    PairwiseResult,
+    RoundMetric,
+    RunResults,
+    VoteResult,
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,20 @@ def render(results: RunResults, out: Path, title: str, run_dir: Path) -> str:
         alpaca=_alpaca(results.alpaca, out),
         samples=results.samples,
         votes=_votes(results.votes, out) if results.votes_given else None,
+        rounds=_rounds(results.rounds, out),
     )
+
+
+def _rounds(series: list[RoundMetric], out: Path) -> list[dict]:
+    """Per metric: its chart against the round and its (round, value, standard error) rows."""
+    sections = []
+    for i, metric in enumerate(series):
+        name = f"rounds_{i}.png"
+        chart = None
+        if plots.plot_rounds(metric, out / name):
+            chart = Chart(f"chart-rounds-{i}", name, f"{metric.metric} by round")
+        sections.append({"metric": metric.metric, "chart": chart, "rows": [list(p) for p in metric.points]})
+    return sections
 
 
 def _training(curves: list[Curves], out: Path) -> list[tuple[str, Chart | None]]:

@@ -279,8 +279,13 @@ class PairCollator:
         }
 
     def _extras(self, examples: list[dict]) -> dict:
-        """The passthrough columns, and the precomputed reference log-probs when the examples carry them."""
+        """The passthrough columns, each sequence's real tokens (prompt + completion, ``sequence_tokens``,
+        interleaved like ``target_seq``: what TRL's padded layout counts for `num_tokens`), and the
+        precomputed reference log-probs when the examples carry them."""
         out = {name: torch.tensor([e[name] for e in examples]) for name in self.passthrough}
+        out["sequence_tokens"] = torch.tensor(
+            [len(e["prompt_ids"]) + len(e[key]) for e in examples for key in self.completions]
+        )
         columns = [ref_column(key) for key in self.completions]
         if columns[0] in examples[0]:
             values = [e[c] for e in examples for c in columns]

@@ -39,6 +39,26 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 2
     return out
 
 
+def entropy_and_hits(
+    logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position, with no gradient: the entropy of the next-token distribution, and 1.0 where its top token
+    is the target (TRL's `entropy` and `mean_token_accuracy`). Small chunks: each holds a (rows, V) fp32
+    copy of the probabilities besides the log-probs.
+
+    logits: (N, V); targets: (N,) -> (N,), (N,)
+    """
+    entropy = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+    hits = torch.empty_like(entropy)
+    with torch.no_grad():
+        for start in range(0, targets.shape[0], chunk_rows):
+            sl = slice(start, start + chunk_rows)
+            lp = F.log_softmax(logits[sl].float(), dim=-1)
+            entropy[sl] = -(lp.exp() * lp).sum(dim=-1)
+            hits[sl] = (logits[sl].argmax(dim=-1) == targets[sl]).float()
+    return entropy, hits
+
+
 def sft_loss_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
     """Summed negative log-likelihood of the trained tokens of a batch, and how many there were."""
     targets = batch["shift_labels"]  # (B, L)
@@ -78,14 +98,18 @@ def ld_weights(seq: torch.Tensor, lengths: torch.Tensor, ld_alpha: float) -> tor
     return torch.where(inside, 1.0, float(ld_alpha)).to(torch.float32)
 
 
-def sequence_logps(model, batch: dict, ld_alpha: float | None = None) -> dict[str, torch.Tensor]:
+def sequence_logps(
+    model, batch: dict, ld_alpha: float | None = None, token_stats: bool = False
+) -> dict[str, torch.Tensor]:
     """Summed log-probs of every scored completion in a pair batch (see PairCollator), in one forward.
 
     Returns, each (2n,) and interleaved [chosen_0, rejected_0, ...]:
     ``logps`` the summed completion log-probs, with LD-DPO's down-weighting of the tokens past the
     shorter completion's length when ``ld_alpha`` is given; ``unweighted_logps`` the plain sums (the
     same tensor without ``ld_alpha``); ``logit_sums`` the vocabulary-mean logit summed over completion
-    tokens (for TRL's logits/* metrics); ``lengths`` the completion token counts.
+    tokens (for TRL's logits/* metrics); ``lengths`` the completion token counts. With ``token_stats``
+    (the policy's forward, for TRL's metrics) also ``entropy_sums``, the next-token entropy summed over each
+    completion's tokens, and ``hit_sums``, how many of its tokens are the model's top-1 prediction.
 
     A batch collated with ``score_context`` adds, each (n,), per pair: ``prompt_logps`` (the prompt's
     own tokens after its first, summed), ``prompt_logit_sums`` and ``prompt_lengths``; and (2n,)
@@ -119,6 +143,10 @@ def sequence_logps(model, batch: dict, ld_alpha: float | None = None) -> dict[st
         "logit_sums": per_sequence(mean_logits(picked[0]), seq, n_seq),
         "lengths": lengths,
     }
+    if token_stats:
+        entropy, hits = entropy_and_hits(picked[0], batch["target_ids"])
+        out["entropy_sums"] = per_sequence(entropy, seq, n_seq)
+        out["hit_sums"] = per_sequence(hits, seq, n_seq)
     if len(groups) > 1:
         pair, ends, n = batch["prompt_target_seq"], batch["end_seq"], n_seq // 2
         out["prompt_logps"] = per_sequence(token_logps(picked[1], batch["prompt_target_ids"]), pair, n)

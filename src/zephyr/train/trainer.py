@@ -28,6 +28,7 @@ from zephyr.train.losses import (
     mixed_loss,
     pair_metrics,
     reference_free_loss,
+    token_metrics,
     unpaired_loss,
 )
 
@@ -107,11 +108,29 @@ class ZephyrTrainer(Trainer):
     def batch_loss(self, model, batch: dict) -> tuple[torch.Tensor, int, dict[str, float]]:
         raise NotImplementedError
 
+    _total_train_tokens = 0  # TRL's `num_tokens`: the real tokens of every training batch so far
+
+    def _sum_over_processes(self, t: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return t
+        return self.accelerator.reduce(t, reduction="sum")
+
+    def _record(self, mode: str, metrics: dict[str, float], training: bool) -> None:
+        """Keep a batch's metrics for the next log; a batch's `num_tokens` (its real tokens, as TRL counts
+        them) is added to the running total over processes, which is what is logged, as TRL does."""
+        tokens = metrics.pop("num_tokens", None)
+        for name, value in metrics.items():
+            self._metrics[mode][name].append(value)
+        if tokens is not None:
+            if training:
+                counted = self._sum_over_processes(torch.tensor(float(tokens), device=self.args.device))
+                self._total_train_tokens += int(counted.item())
+            self._metrics[mode]["num_tokens"] = [float(self._total_train_tokens)]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         total, count, metrics = self.batch_loss(model, inputs)
         mode = "train" if model.training else "eval"
-        for name, value in metrics.items():
-            self._metrics[mode][name].append(value)
+        self._record(mode, metrics, model.training)
         if num_items_in_batch is not None and model.training:
             loss = total / num_items_in_batch
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
@@ -127,8 +146,7 @@ class ZephyrTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             total, count, metrics = self.batch_loss(model, inputs)
-        for name, value in metrics.items():
-            self._metrics["eval"][name].append(value)
+        self._record("eval", metrics, training=False)
         return (total / max(count, 1)).detach(), None, None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -210,6 +228,14 @@ class ReferenceTrainer(ZephyrTrainer):
             return sequence_logps(ref, batch, ld_alpha)["logps"]
 
 
+def batch_tokens(batch: dict, rows: slice = slice(None)) -> dict[str, float]:
+    """The real tokens (prompt + completion) of the sequences ``rows`` picks, as TRL's padded layout counts
+    them (each pair's prompt twice, whatever our layout ran), for `num_tokens`."""
+    if "sequence_tokens" not in batch:
+        return {}
+    return {"num_tokens": float(batch["sequence_tokens"][rows].sum())}
+
+
 class DPOTrainer(ReferenceTrainer):
     """Direct preference optimisation on pair batches (see PairCollator)."""
 
@@ -218,10 +244,11 @@ class DPOTrainer(ReferenceTrainer):
 
     def batch_loss(self, model, batch):
         args = self.args
-        policy = sequence_logps(model, batch, args.ld_alpha)
+        policy = sequence_logps(model, batch, args.ld_alpha, token_stats=True)
         scores = PairLogps.from_scores(policy, self.reference_logps(model, batch))
         losses = mixed_loss(scores, args.loss_type, args.loss_settings(), args.loss_weights)
-        return losses.sum(), losses.numel(), pair_metrics(scores, args.beta, policy["logit_sums"])
+        metrics = pair_metrics(scores, args.beta, policy["logit_sums"]) | token_metrics(policy)
+        return losses.sum(), losses.numel(), metrics | batch_tokens(batch)
 
 
 class ReferenceFreeTrainer(ZephyrTrainer):
@@ -242,18 +269,15 @@ class KTOTrainer(ReferenceTrainer):
     apo_zero_unpaired). One policy forward scores both; the KL completions' log-probs are detached, so they
     only set the baseline z0 (gathered over processes, as TRL does) and take no gradient."""
 
-    def _sum_over_processes(self, t: torch.Tensor) -> torch.Tensor:
-        if self.accelerator.num_processes == 1:
-            return t
-        return self.accelerator.reduce(t, reduction="sum")
-
     def batch_loss(self, model, batch):
         args = self.args
-        policy = sequence_logps(model, batch)
+        policy = sequence_logps(model, batch, token_stats=True)
         scores = UnpairedLogps.from_scores(
             policy, self.reference_logps(model, batch), batch["label"], with_kl=args.uses_kl
         )
         losses, metrics = unpaired_loss(
             args.loss_type, scores, args.loss_settings(), self._sum_over_processes
         )
+        rows = slice(0, None, 2) if args.uses_kl else slice(None)  # each row's own completion, not its KL one
+        metrics |= token_metrics(policy, rows) | batch_tokens(batch, rows)
         return losses.sum(), losses.numel(), metrics
