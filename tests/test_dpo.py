@@ -844,6 +844,11 @@ def test_cli_dpo_learns_logs_metrics_and_saves(tiny_model_dir, tmp_path, monkeyp
     assert min(h["loss"] for h in train_logs[-3:]) < LN2 - 0.1
     assert all(METRICS <= set(h) for h in train_logs)
     assert train_logs[-1]["rewards/accuracies"] > 0
+    # TRL's extra metrics: num_tokens is the running total of real tokens, logged as it grows.
+    totals = [h["num_tokens"] for h in train_logs]
+    assert totals == sorted(totals) and totals[0] > 0 and len(set(totals)) == len(totals)
+    assert all(h["entropy"] > 0 and 0 <= h["mean_token_accuracy"] <= 1 for h in train_logs)
+    assert eval_logs[0]["eval_num_tokens"] == totals[-1]
     eval_keys = set(eval_logs[0]) - {"epoch", "step"}
     assert {f"eval_{m}" for m in METRICS} <= eval_keys
     assert all(k.startswith("eval_") for k in eval_keys), eval_keys

@@ -186,7 +186,7 @@ def test_a_batch_of_one_class_logs_what_trl_logs(setup, loss_type):
     ours = our_result(setup, config, setup.one_class)
     theirs = trl_result(setup, setup.one_class, loss_type, (1.5, 1.0))
     assert_matches_trl(ours, theirs)
-    assert set(ours[1]) == {"kl", "logits/chosen", "rewards/chosen", "logps/chosen"}
+    assert set(ours[1]) == {"kl", "logits/chosen", "rewards/chosen", "logps/chosen", "entropy", "num_tokens"}
 
 
 def test_weights_scale_the_rows_and_stay_out_of_the_mean():

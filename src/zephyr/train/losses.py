@@ -239,18 +239,17 @@ def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor)
     }
 
 
-def token_metrics(policy: dict, rows: slice = slice(None)) -> dict[str, float]:
+def token_metrics(policy: dict, rows: slice = slice(None), pairs: bool = False) -> dict[str, float]:
     """TRL's token-weighted `entropy` over the completions ``rows`` picks out of ``sequence_logps(...,
-    token_stats=True)``'s interleaved sequences (KTO: the rows' completions, not the KL ones), and
-    `mean_token_accuracy` over the first of each group (DPO's chosen), when those stats are there."""
+    token_stats=True)``'s interleaved sequences (KTO: the rows' completions, not the KL ones), and for
+    ``pairs`` (DPO) `mean_token_accuracy`, the top-1 hit rate over the chosen tokens."""
     if "entropy_sums" not in policy:
         return {}
     lengths = policy["lengths"]
     out = {"entropy": (policy["entropy_sums"][rows].sum() / lengths[rows].sum().clamp_min(1)).item()}
-    if rows == slice(None) and lengths.numel() % 2 == 0:  # pairs
-        out["mean_token_accuracy"] = (
-            policy["hit_sums"][0::2].sum() / lengths[0::2].sum().clamp_min(1)
-        ).item()
+    if pairs:
+        hits = policy["hit_sums"][0::2].sum() / lengths[0::2].sum().clamp_min(1)
+        out["mean_token_accuracy"] = hits.item()
     return out
 
 

@@ -247,7 +247,7 @@ class DPOTrainer(ReferenceTrainer):
         policy = sequence_logps(model, batch, args.ld_alpha, token_stats=True)
         scores = PairLogps.from_scores(policy, self.reference_logps(model, batch))
         losses = mixed_loss(scores, args.loss_type, args.loss_settings(), args.loss_weights)
-        metrics = pair_metrics(scores, args.beta, policy["logit_sums"]) | token_metrics(policy)
+        metrics = pair_metrics(scores, args.beta, policy["logit_sums"]) | token_metrics(policy, pairs=True)
         return losses.sum(), losses.numel(), metrics | batch_tokens(batch)
 
 
