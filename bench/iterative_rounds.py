@@ -139,8 +139,8 @@ def print_and_record(rows: list[dict], opts, seconds: float) -> None:
         note = (
             f"\n\n{opts.rounds} rounds of {opts.prompts_per_round} fresh AlpacaEval instructions x {opts.completions} "
             f"samples from the round's model; held-out: the first {opts.held_out} instructions, answered greedily. "
-            f"Rubric and training settings: recipes/iterative/pipeline.yaml. Whole run {seconds / 60:.1f} min, "
-            "nothing else running."
+            f"Rubric and training settings: recipes/iterative/pipeline.yaml. Whole run {seconds / 60:.1f} min "
+            "(the rates do not depend on the machine's load: sampling and greedy decoding are seeded)."
         )
         command = " ".join(shlex.quote(a) for a in ["python", "bench/iterative_rounds.py", *sys.argv[1:]])
         append_to_benchmarks("Iterative rounds: rule satisfaction per round", command, table + note, result)
