@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from support.http import FaultProxy, fast_retries
+from support.processes import sigint_as_usual
 from zephyr.cli import main as zephyr_main
 from zephyr.config import parse_config
 from zephyr.data import prompt_id_of
@@ -348,6 +349,7 @@ def _start(recipe: Path, log: Path) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=open(log, "wb"),
         env=env,
+        preexec_fn=sigint_as_usual,
     )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.processes import is_gone, start_paused, wait_gone
+from support.processes import is_gone, sigint_as_usual, start_paused, wait_gone
 from zephyr.io import OutputLocked, lock_path, output_lock
 
 HOLD = """
@@ -90,7 +90,9 @@ except KeyboardInterrupt:
     ("sig", "status"), [(signal.SIGKILL, -9), (signal.SIGTERM, 143), (signal.SIGINT, 130)]
 )
 def test_a_stage_child_never_outlives_its_pipeline(sig, status):
-    middle = subprocess.Popen([sys.executable, "-c", MIDDLE], stdout=subprocess.PIPE, text=True)
+    middle = subprocess.Popen(
+        [sys.executable, "-c", MIDDLE], stdout=subprocess.PIPE, text=True, preexec_fn=sigint_as_usual
+    )
     child = int(middle.stdout.readline())
     assert os.getpgid(child) == child  # its own process group: the pipeline can stop all of it at once
     middle.send_signal(sig)

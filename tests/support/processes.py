@@ -4,10 +4,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+
+def sigint_as_usual() -> None:
+    """A ``preexec_fn`` giving the child Ctrl-C's default action. A test run started in the background
+    (``cmd &`` from a script) inherits SIGINT ignored, as every process it starts would, and a Python
+    started that way never raises KeyboardInterrupt: the tests that send SIGINT would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_paused(
