@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE = -100
+STATS_ROWS = 256  # rows per piece of token_logps' entropy (each a (rows, V) fp32 temporary)
 
 
 def selected_logits(model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
@@ -24,39 +25,33 @@ def selected_logits(model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
     return model(**inputs, logits_to_keep=keep, use_cache=False).logits
 
 
-def token_logps(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 2048) -> torch.Tensor:
+def token_logps(
+    logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 2048, with_stats: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log p(target) for each position, computed in fp32 one chunk at a time; 0 where target == -100.
 
-    logits: (N, V); targets: (N,) -> (N,)
+    With ``with_stats``, also from the same log-probs and with no gradient: the entropy of each position's
+    next-token distribution, and 1.0 where its top token is the target (TRL's `entropy` and
+    `mean_token_accuracy`). The entropy is taken ``STATS_ROWS`` rows at a time, since each piece holds a
+    (rows, V) fp32 copy of the probabilities beside the chunk's log-probs.
+
+    logits: (N, V); targets: (N,) -> (N,), or with stats ((N,), (N,), (N,))
     """
     out = torch.zeros(targets.shape, dtype=torch.float32, device=logits.device)
+    entropy, hits = torch.empty_like(out), torch.empty_like(out)
     valid = targets != IGNORE
     for start in range(0, targets.shape[0], chunk_rows):
         sl = slice(start, start + chunk_rows)
         lp = F.log_softmax(logits[sl].float(), dim=-1)
         picked = lp.gather(-1, targets[sl].clamp_min(0).unsqueeze(-1)).squeeze(-1)
         out[sl] = torch.where(valid[sl], picked, torch.zeros_like(picked))
-    return out
-
-
-def entropy_and_hits(
-    logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per position, with no gradient: the entropy of the next-token distribution, and 1.0 where its top token
-    is the target (TRL's `entropy` and `mean_token_accuracy`). Small chunks: each holds a (rows, V) fp32
-    copy of the probabilities besides the log-probs.
-
-    logits: (N, V); targets: (N,) -> (N,), (N,)
-    """
-    entropy = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
-    hits = torch.empty_like(entropy)
-    with torch.no_grad():
-        for start in range(0, targets.shape[0], chunk_rows):
-            sl = slice(start, start + chunk_rows)
-            lp = F.log_softmax(logits[sl].float(), dim=-1)
-            entropy[sl] = -(lp.exp() * lp).sum(dim=-1)
-            hits[sl] = (logits[sl].argmax(dim=-1) == targets[sl]).float()
-    return entropy, hits
+        if with_stats:
+            with torch.no_grad():
+                for sub in range(0, lp.shape[0], STATS_ROWS):
+                    part = lp[sub : sub + STATS_ROWS]
+                    entropy[start + sub : start + sub + part.shape[0]] = -(part.exp() * part).sum(dim=-1)
+                hits[sl] = (lp.argmax(dim=-1) == targets[sl]).float()
+    return (out, entropy, hits) if with_stats else out
 
 
 def sft_loss_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
@@ -129,7 +124,10 @@ def sequence_logps(
     def mean_logits(x: torch.Tensor) -> torch.Tensor:
         return x.detach().float().mean(dim=-1)
 
-    token_lp = token_logps(picked[0], batch["target_ids"])
+    if token_stats:
+        token_lp, entropy, hits = token_logps(picked[0], batch["target_ids"], with_stats=True)
+    else:
+        token_lp = token_logps(picked[0], batch["target_ids"])
     lengths = torch.bincount(seq, minlength=n_seq).float()
     unweighted = per_sequence(token_lp, seq, n_seq)
     logps = (
@@ -144,7 +142,6 @@ def sequence_logps(
         "lengths": lengths,
     }
     if token_stats:
-        entropy, hits = entropy_and_hits(picked[0], batch["target_ids"])
         out["entropy_sums"] = per_sequence(entropy, seq, n_seq)
         out["hit_sums"] = per_sequence(hits, seq, n_seq)
     if len(groups) > 1:
