@@ -204,9 +204,15 @@ def parse_sampler(cls: type, raw: Any, where: str):
 
 
 def read_prompts(
-    spec: str, *, split: str | None = None, config: str | None = None, limit: int | None = None
+    spec: str,
+    *,
+    split: str | None = None,
+    config: str | None = None,
+    limit: int | None = None,
+    skip: int = 0,
 ) -> tuple[list[dict], list[DataError]]:
-    """Readable prompt rows (first ``limit``, one per distinct prompt) and a DataError per unreadable row.
+    """Readable prompt rows (one per distinct prompt: the first ``skip`` left out, then at most ``limit``)
+    and a DataError per unreadable row.
 
     ``prompt_id`` is always the stable hash of the prompt (``prompt_id_of``), so the same prompt has the
     same id in every file; an id the source gave is kept as ``source_prompt_id``.
@@ -215,7 +221,7 @@ def read_prompts(
     bad: list[DataError] = []
     seen: set[str] = set()
     for loc, raw, columns in source_rows(spec, split=split, config=config):
-        if limit is not None and len(rows) >= limit:
+        if limit is not None and len(rows) >= skip + limit:
             break
         try:
             if isinstance(raw, DataError):
@@ -231,7 +237,7 @@ def read_prompts(
         rows.append(_prompt_row(row, raw, prompt_id))
     if bad:
         log.warning("%d unreadable prompt row(s) in %s; the first: %s", len(bad), spec, bad[0])
-    return rows, bad
+    return rows[skip:], bad
 
 
 def _prompt_row(row: dict, raw: dict, prompt_id: str) -> dict:
@@ -324,11 +330,15 @@ def complete_prompt(cfg: GenerateConfig, backends: BackendPool, prompt: dict) ->
 
 def generate(cfg: GenerateConfig) -> StageResult:
     """Run `zephyr generate`: returns what was written, resumed, failed and skipped."""
-    limit = None if cfg.max_prompts is None else cfg.skip_prompts + cfg.max_prompts
-    prompts, bad = read_prompts(cfg.prompts, split=cfg.prompts_split, config=cfg.prompts_config, limit=limit)
+    prompts, bad = read_prompts(
+        cfg.prompts,
+        split=cfg.prompts_split,
+        config=cfg.prompts_config,
+        limit=cfg.max_prompts,
+        skip=cfg.skip_prompts,
+    )
     if bad and cfg.on_error == "raise":
         raise bad[0]
-    prompts = prompts[cfg.skip_prompts :]
     if not prompts:
         skipped = f" after skipping the first {cfg.skip_prompts}" if cfg.skip_prompts else ""
         raise DataError(f"holds no readable prompt{skipped}", source=cfg.prompts)

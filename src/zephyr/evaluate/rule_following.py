@@ -37,11 +37,9 @@ def rules(s: RulesSettings) -> dict:
 
 def held_out_instructions(s: RulesSettings) -> list[dict]:
     """The prompts as AlpacaEval instructions; a multi-turn or system-prompted row is refused, by id."""
-    limit = None if s.max_prompts is None else s.skip_prompts + s.max_prompts
-    rows, bad = read_prompts(s.prompts, limit=limit)
+    rows, bad = read_prompts(s.prompts, limit=s.max_prompts, skip=s.skip_prompts)
     if bad:
         raise bad[0]
-    rows = rows[s.skip_prompts :]
     if not rows:
         raise DataError(f"holds no prompt after skipping the first {s.skip_prompts}", source=s.prompts)
     for row in rows:
