@@ -272,3 +272,11 @@ def test_a_pipeline_binarizes_votes_without_a_feedback_stage(tmp_path):
     votes.unlink()
     with pytest.raises(ConfigError, match="`votes` not found"):
         run_pipeline(path, dry_run=True)
+
+
+def test_the_plan_names_exactly_the_stages_it_wires(tmp_path):
+    """A round eval with no benchmark that needs only a model (prefs alone) has no round0/eval."""
+    for evals in ({"rules": {"max_new_tokens": 8}, "prefs": {}}, {"prefs": {}}):
+        path = _recipe(tmp_path, eval=evals)
+        assert load_plan(path).names() == list(_wired(path))
+    assert "round0/eval" not in load_plan(path).names()

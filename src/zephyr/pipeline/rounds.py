@@ -139,12 +139,16 @@ def round_section(rounds: Rounds, name: str, section: dict, k: int, model: str) 
     return section
 
 
+def baseline_benchmarks(rounds: Rounds) -> dict:
+    """The round eval's sections that need only a model, which round 0 runs on the starting model
+    (empty: there is no round0/eval)."""
+    evals = next((s for spec, s in rounds.stages if spec.name == "eval"), None) or {}
+    return {b: dict(s or {}) for b, s in evals.items() if b in BASELINE_BENCHMARKS}
+
+
 def baseline_eval(rounds: Rounds, model: str) -> dict | None:
     """Round 0's eval section (the starting model on the benchmarks that need only a model), or None."""
-    evals = next((s for spec, s in rounds.stages if spec.name == "eval"), None)
-    if not evals:
-        return None
-    baseline = {b: dict(s or {}) for b, s in evals.items() if b in BASELINE_BENCHMARKS}
+    baseline = baseline_benchmarks(rounds)
     if not baseline:
         return None
     out = round_section(rounds, "eval", baseline, 0, model)

@@ -42,6 +42,7 @@ from zephyr.pipeline.keys import input_digests, stage_key
 from zephyr.pipeline.rounds import (
     AFTER_ROUNDS,
     Rounds,
+    baseline_benchmarks,
     baseline_eval,
     parse_rounds,
     round_context,
@@ -75,8 +76,7 @@ class Plan:
         before, after = self.split()
         names = [s.name for s, _ in before]
         if self.rounds is not None:
-            evals = any(s.name == "eval" for s, _ in self.rounds.stages)
-            names += [round_name(0, "eval")] if evals else []
+            names += [round_name(0, "eval")] if baseline_benchmarks(self.rounds) else []
             names += [
                 round_name(k, s.name) for k in range(1, self.rounds.count + 1) for s, _ in self.rounds.stages
             ]
