@@ -124,9 +124,6 @@ def show_prefs(result: dict) -> str:
     return "\n".join(lines)
 
 
-SHOW = {"mt-bench": show_mt_bench, "alpaca": show_alpaca, "prefs": show_prefs}
-
-
 def show_rules(result: dict) -> str:
     rows = sorted(result["models"].values(), key=lambda m: -m["satisfied"])
     names = list(rows[0]["per_rule"]) if rows else []
